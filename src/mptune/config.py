@@ -1,0 +1,219 @@
+"""Typed, validated configuration shared by every stage.
+
+Each stage (recipe) takes one top-level dataclass made of the sections below.
+The CLI builds its options from these dataclasses (jsonargparse reads the field
+docstrings for ``--help``); YAML files and ``key=value`` overrides go through the
+same parser, so an unknown key is always an error naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+class PromptInit(str, Enum):
+    """How a soft prompt's vectors start."""
+
+    VOCAB = "vocab"  # embeddings of tokens sampled from the first `init_vocab_size` ids (paper)
+    TEXT = "text"  # embeddings of `init_text`, repeated to length l
+    RANDOM = "random"  # normal noise with the embedding table's std
+
+
+@dataclass
+class ModelConfig:
+    """The frozen backbone."""
+
+    name: str
+    """Hub id, local model folder, or path to a .gguf file."""
+    gguf_file: Optional[str] = None
+    """GGUF file name inside `name` (a folder or Hub repo); set automatically when `name` is a .gguf path."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Backbone weight dtype (the prompt is always kept in float32)."""
+    attn_implementation: Optional[str] = None
+    """Attention kernel passed to transformers (e.g. sdpa, eager); None = transformers' default."""
+    gradient_checkpointing: bool = False
+    """Recompute backbone activations in backward to save memory."""
+    trust_remote_code: bool = False
+    """Allow model code from the Hub (off by default)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name", "must not be empty (Hub id, folder or .gguf file)")
+
+
+@dataclass
+class PromptConfig:
+    """The soft prompt."""
+
+    length: int = 100
+    """Number of virtual tokens l (the paper uses 100)."""
+    init: PromptInit = PromptInit.VOCAB
+    """Initialisation: vocab (sampled token embeddings, the paper's setup), text, or random."""
+    init_text: Optional[str] = None
+    """Text whose token embeddings start the prompt (init=text)."""
+    init_vocab_size: int = 5000
+    """Sample init tokens from the first this-many vocabulary ids (init=vocab)."""
+
+    def __post_init__(self) -> None:
+        self.init = PromptInit(self.init)
+        _check(self.length >= 1, "prompt.length", f"must be >= 1, got {self.length}")
+        _check(self.init_vocab_size >= 1, "prompt.init_vocab_size", "must be >= 1")
+        if self.init == PromptInit.TEXT:
+            _check(bool(self.init_text), "prompt.init_text", "is required when prompt.init=text")
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from and how they are tokenised."""
+
+    data_dir: Optional[str] = None
+    """Folder of original release files (GLUE .tsv, SuperGLUE .jsonl, ...); default $MPTUNE_DATA_DIR, else the Hub."""
+    max_source_length: int = 256
+    """Source tokens kept per example (longer inputs are truncated)."""
+    max_target_length: int = 128
+    """Target tokens kept per example; also the generation budget."""
+    train_limit: Optional[int] = None
+    """Use at most this many training examples (after shuffling with data.seed)."""
+    few_shot_k: Optional[int] = None
+    """Few-shot: k training examples per class (k in total for non-classification tasks)."""
+    seed: int = 42
+    """Seed for paper splits, few-shot sampling and subsetting."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_source_length >= 1, "data.max_source_length", "must be >= 1")
+        _check(self.max_target_length >= 1, "data.max_target_length", "must be >= 1")
+        if self.train_limit is not None:
+            _check(self.train_limit >= 1, "data.train_limit", "must be >= 1")
+        if self.few_shot_k is not None:
+            _check(self.few_shot_k >= 1, "data.few_shot_k", "must be >= 1")
+
+    def resolved_data_dir(self) -> Optional[str]:
+        return self.data_dir or os.environ.get("MPTUNE_DATA_DIR") or None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (paper: lr 0.3, batch 32, AdamW, warmup + linear decay)."""
+
+    max_steps: int = 1000
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Global batch size (examples per optimizer step, all processes and accumulation together)."""
+    grad_accum: int = 1
+    """Gradient accumulation steps per optimizer step (batch_size must divide evenly)."""
+    lr: float = 0.3
+    """Peak learning rate."""
+    weight_decay: float = 1e-5
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warmup steps, then linear decay to 0 at max_steps."""
+    max_grad_norm: Optional[float] = 1.0
+    """Gradient clipping norm (None = off)."""
+    eval_every: int = 100
+    """Evaluate on dev every N steps (0 = only at the end); the best prompt by dev score is kept."""
+    eval_batch_size: int = 32
+    """Examples per evaluation batch."""
+    eval_limit: Optional[int] = None
+    """Dev examples used for periodic evaluation (None = all)."""
+    checkpoint_every: int = 0
+    """Write a resumable checkpoint every N steps (0 = off)."""
+    log_every: int = 10
+    """Write a JSONL log line every N steps."""
+    seed: int = 42
+    """Seed for data order and initialisation."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision on GPU (accelerate)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
+        _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(self.batch_size % self.grad_accum == 0, "train.batch_size",
+               f"{self.batch_size} is not divisible by train.grad_accum={self.grad_accum}")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(0 <= self.warmup_steps <= self.max_steps, "train.warmup_steps", "must be in [0, max_steps]")
+        if self.max_grad_norm is not None:
+            _check(self.max_grad_norm > 0, "train.max_grad_norm", "must be > 0 or null")
+        _check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain dict (enums as values) for YAML/JSON."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, Enum):
+            return v.value
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(dataclasses.asdict(cfg))
+
+
+def save_yaml(data: dict, path: str | os.PathLike) -> None:
+    from .utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse(cls: type, data: dict | None = None, overrides: list[str] | None = None, source: str = "config"):
+    """Build a validated `cls` instance from a dict plus ``key=value`` overrides.
+
+    The same parser as the CLI: unknown keys, wrong types and invalid values
+    raise ConfigError naming the key.
+    """
+    from .cli import parser_for, to_cli_args
+
+    parser = parser_for(cls)
+    try:
+        ns = parser.parse_object(data or {})
+        ns = parser.parse_args(to_cli_args(overrides or []), namespace=ns)
+        return instantiate(parser, ns, cls)
+    except ConfigError:
+        raise
+    except (Exception, SystemExit) as e:  # jsonargparse: ArgumentError / ValueError from __post_init__
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def instantiate(parser, ns, cls):
+    """Namespace -> dataclass; nested sections are built (and validated) by jsonargparse."""
+    init = parser.instantiate(ns)
+    return cls(**{f.name: getattr(init, f.name) for f in dataclasses.fields(cls) if hasattr(init, f.name)})

@@ -1,0 +1,142 @@
+"""Tokenisation, collation and resumable batch order.
+
+Feature = one tokenised example: source ids, target ids and the index of its
+task's prompt row. Collators pad for the backbone kind (see backbone.py):
+seq2seq right-pads source and target; causal left-pads [source ; target] so the
+targets are the last tokens of each row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence
+
+import torch
+
+from .backbone import IGNORE, ModelKind
+
+
+@dataclass
+class Feature:
+    source: list[int]
+    target: list[int]
+    task_index: int = 0
+
+
+class TextEncoder:
+    """Turns source/target text into token ids for one backbone kind."""
+
+    def __init__(self, tokenizer, kind: ModelKind, max_source_length: int = 256, max_target_length: int = 128):
+        self.tok, self.kind = tokenizer, ModelKind(kind)
+        self.max_source_length, self.max_target_length = max_source_length, max_target_length
+
+    def source(self, text: str) -> list[int]:
+        ids = self.tok(text, add_special_tokens=True)["input_ids"]
+        if len(ids) > self.max_source_length:  # keep the start (task prefix) and the closing special token
+            tail = ids[-1:] if self.kind == ModelKind.SEQ2SEQ else []
+            ids = ids[: self.max_source_length - len(tail)] + tail
+        return ids
+
+    def target(self, text: str) -> list[int]:
+        if self.kind == ModelKind.SEQ2SEQ:
+            ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        else:  # continue the source after a space; EOS ends the answer
+            ids = self.tok(" " + text, add_special_tokens=False)["input_ids"]
+        eos = self.tok.eos_token_id
+        return ids[: self.max_target_length - 1] + [eos]
+
+    def feature(self, source: str, target: str, task_index: int = 0) -> Feature:
+        return Feature(self.source(source), self.target(target), task_index)
+
+
+def _pad(seqs: Sequence[list[int]], value: int, left: bool) -> torch.Tensor:
+    n = max((len(s) for s in seqs), default=0)
+    rows = [([value] * (n - len(s)) + list(s)) if left else (list(s) + [value] * (n - len(s))) for s in seqs]
+    return torch.tensor(rows, dtype=torch.long).reshape(len(seqs), n)
+
+
+def collate(features: Sequence[Feature], kind: ModelKind, pad_id: int) -> dict[str, torch.Tensor]:
+    """Teacher-forcing batch: input_ids, attention_mask [B, S]; labels [B, T]; task_index [B]."""
+    task_index = torch.tensor([f.task_index for f in features], dtype=torch.long)
+    if kind == ModelKind.SEQ2SEQ:
+        ids = _pad([f.source for f in features], pad_id, left=False)
+        mask = _pad([[1] * len(f.source) for f in features], 0, left=False)
+        labels = _pad([f.target for f in features], IGNORE, left=False)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "task_index": task_index}
+    seqs = [f.source + f.target for f in features]
+    ids = _pad(seqs, pad_id, left=True)
+    mask = _pad([[1] * len(s) for s in seqs], 0, left=True)
+    T = max(len(f.target) for f in features)
+    labels = _pad([f.target for f in features], IGNORE, left=True)[:, -T:]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "task_index": task_index}
+
+
+def collate_source(features: Sequence[Feature], kind: ModelKind, pad_id: int) -> dict[str, torch.Tensor]:
+    """Generation batch: the source only (left-padded for causal models)."""
+    left = kind == ModelKind.CAUSAL
+    return {"input_ids": _pad([f.source for f in features], pad_id, left),
+            "attention_mask": _pad([[1] * len(f.source) for f in features], 0, left),
+            "task_index": torch.tensor([f.task_index for f in features], dtype=torch.long)}
+
+
+def collate_choices(features: Sequence[Feature], choices: Sequence[Sequence[list[int]]], kind: ModelKind,
+                    pad_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Rank-classification batch: one row per (example, choice). Returns (batch, row_example [N])."""
+    row_example = torch.tensor([i for i, ch in enumerate(choices) for _ in ch], dtype=torch.long)
+    flat = [c for ch in choices for c in ch]
+    if kind == ModelKind.SEQ2SEQ:
+        batch = collate_source(features, kind, pad_id)
+        batch["labels"] = _pad(flat, IGNORE, left=False)
+        batch["row_example"] = row_example
+        return batch, row_example
+    rows = [Feature(features[i].source, c, features[i].task_index) for i, c in zip(row_example.tolist(), flat)]
+    return collate(rows, kind, pad_id), row_example
+
+
+# -- batch order ------------------------------------------------------------
+
+class BatchPlan(Protocol):
+    """Yields the global batch (indices into the feature list) for every step; resumable."""
+
+    def next(self) -> list[int]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class ShuffledBatches:
+    """Epochs of a seeded permutation; the order depends only on (seed, epoch, cursor)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n < 1:
+            raise ValueError("no training examples")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.cursor = 0, 0
+        self._perm: Optional[list[int]] = None
+
+    def _order(self) -> list[int]:
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            self._perm = torch.randperm(self.n, generator=g).tolist()
+        return self._perm
+
+    def next(self) -> list[int]:
+        out: list[int] = []
+        while len(out) < self.batch_size:
+            order = self._order()
+            take = order[self.cursor: self.cursor + self.batch_size - len(out)]
+            out += take
+            self.cursor += len(take)
+            if self.cursor >= self.n:
+                self.epoch, self.cursor, self._perm = self.epoch + 1, 0, None
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self._perm = int(state["epoch"]), int(state["cursor"]), None
+
+
+def shard(indices: list[int], rank: int, world: int) -> list[int]:
+    """This process's share of a global batch (strided, so shares differ by at most one)."""
+    return indices[rank::world]

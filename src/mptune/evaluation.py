@@ -1,0 +1,89 @@
+"""Evaluation: rank classification for label tasks, greedy generation otherwise.
+
+Rank classification scores every verbalised choice of every example in one
+batched pass (sum of target-token log-probs, EOS included, as T5 does) and
+predicts the best. Generation decodes greedily; the task parses the text
+(regression: a number string, as T5 does for STS-B).
+
+Under several processes each process scores a strided shard; predictions are
+gathered and put back in example order, so every example counts exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .backbone import Backbone
+from .data import Feature, TextEncoder, collate_choices, collate_source
+from .tasks import Example, Task, TaskKind
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    predictions: list  # int choice index (classification) or generated text
+    rows: list[dict]  # one JSON-able row per example for predictions files
+
+
+def predict(backbone: Backbone, prompts: Callable[[], torch.Tensor], task: Task, examples: Sequence[Example],
+            encoder: TextEncoder, batch_size: int = 32, task_index: int = 0, accelerator=None,
+            max_new_tokens: Optional[int] = None, progress: bool = True) -> list:
+    """Predictions for `examples` (in order). `prompts()` returns the prompt table [T, l, d]."""
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    mine = list(range(rank, len(examples), world))
+    out: list = []
+    max_new = max_new_tokens or encoder.max_target_length
+    with torch.no_grad():
+        table = prompts().detach()
+        bar = tqdm(range(0, len(mine), batch_size), desc=f"eval {task.name}", leave=False,
+                   disable=not progress or rank != 0)
+        for s in bar:
+            exs = [examples[i] for i in mine[s: s + batch_size]]
+            feats = [Feature(encoder.source(e.source), [], task_index) for e in exs]
+            if task.kind == TaskKind.CLASSIFICATION:
+                choices = [task.choices(e) for e in exs]
+                ids = [[encoder.target(c) for c in ch] for ch in choices]
+                batch, row_example = collate_choices(feats, ids, backbone.kind, backbone.pad_id)
+                scores = backbone.score_choices(table, _to(batch, backbone.device)).cpu()
+                for i in range(len(exs)):
+                    out.append(int(scores[row_example == i].argmax()))
+            else:
+                batch = collate_source(feats, backbone.kind, backbone.pad_id)
+                out += backbone.generate(table, _to(batch, backbone.device), max_new)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        gathered = gather_object([(i, p) for i, p in zip(mine, out)])
+        order = dict(gathered)
+        out = [order[i] for i in range(len(examples))]
+    return out
+
+
+def evaluate(backbone: Backbone, prompts: Callable[[], torch.Tensor], task: Task, examples: Sequence[Example],
+             encoder: TextEncoder, batch_size: int = 32, task_index: int = 0, accelerator=None,
+             progress: bool = True) -> EvalResult:
+    preds = predict(backbone, prompts, task, examples, encoder, batch_size, task_index, accelerator,
+                    progress=progress)
+    metrics = task.score(list(examples), preds) if examples else {}
+    return EvalResult(metrics, preds, prediction_rows(task, examples, preds))
+
+
+def prediction_rows(task: Task, examples: Sequence[Example], preds: list) -> list[dict]:
+    rows = []
+    for e, p in zip(examples, preds):
+        row = {"uid": e.uid, "task": task.name, "source": e.source, "target": e.target}
+        if task.kind == TaskKind.CLASSIFICATION:
+            row["prediction"] = task.choices(e)[p]
+            row["prediction_index"] = p
+        else:
+            row["prediction"] = p
+        rows.append(row)
+    return rows
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}

@@ -1,0 +1,59 @@
+"""Vanilla soft prompt (Lester et al., 2021): l trainable vectors of the model's width."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..config import PromptConfig, PromptInit
+
+
+def init_prompt_vectors(cfg: PromptConfig, embeddings: nn.Embedding, tokenizer=None,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Starting vectors [l, d] in the space the model's ``inputs_embeds`` live in."""
+    table = embeddings.weight.detach().float().cpu()
+    l, (vocab, d) = cfg.length, table.shape
+    if cfg.init == PromptInit.VOCAB:
+        # The paper: embeddings of tokens sampled from the 5,000 most common ids.
+        ids = torch.randint(0, min(cfg.init_vocab_size, vocab), (l,), generator=generator)
+    elif cfg.init == PromptInit.TEXT:
+        if tokenizer is None:
+            raise ValueError("prompt.init=text needs the backbone's tokenizer")
+        ids = torch.tensor(tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        if ids.numel() == 0:
+            raise ValueError(f"prompt.init_text {cfg.init_text!r} tokenises to nothing")
+        ids = ids.repeat((l + ids.numel() - 1) // ids.numel())[:l]
+    else:
+        return torch.randn(l, d, generator=generator) * table.std()
+    # Go through the module so embedding-side scaling (Gemma 3) is applied as for real text.
+    with torch.no_grad():
+        return embeddings(ids.to(embeddings.weight.device)).float().cpu()
+
+
+class SoftPrompt(nn.Module):
+    """One prompt P [l, d]; forward() returns the prompt table [1, l, d]."""
+
+    def __init__(self, length: int, dim: int, init: Optional[torch.Tensor] = None):
+        super().__init__()
+        w = torch.zeros(length, dim) if init is None else init.detach().clone().float()
+        if w.shape != (length, dim):
+            raise ValueError(f"prompt init has shape {tuple(w.shape)}, expected ({length}, {dim})")
+        self.weight = nn.Parameter(w)
+
+    @property
+    def length(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.weight.shape[1]
+
+    num_tasks = 1
+
+    def forward(self) -> torch.Tensor:
+        return self.weight.unsqueeze(0)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"prompt": self.weight.detach().cpu().contiguous()}

@@ -1,0 +1,78 @@
+"""Setup and output helpers shared by the recipes."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .. import __version__
+from ..backbone import Backbone, load_backbone
+from ..config import DataConfig, ModelConfig, save_yaml, to_dict
+from ..data import Feature, TextEncoder
+from ..tasks import Example, Task, few_shot
+from ..utils import atomic_write_json
+
+STAGE_FILE = "stage.json"
+
+
+def make_accelerator(mixed_precision: str = "no"):
+    from accelerate import Accelerator
+
+    # fp16/bf16 autocast only where a GPU is present; on CPU the run stays in float32.
+    mp = mixed_precision if torch.cuda.is_available() else "no"
+    return Accelerator(mixed_precision=mp)
+
+
+def setup_backbone(cfg: ModelConfig, accelerator) -> Backbone:
+    backbone = load_backbone(cfg)
+    backbone.model.to(accelerator.device)
+    return backbone
+
+
+def encoder_for(backbone: Backbone, data: DataConfig) -> TextEncoder:
+    return TextEncoder(backbone.tokenizer, backbone.kind, data.max_source_length, data.max_target_length)
+
+
+def train_examples(task: Task, data: DataConfig) -> list[Example]:
+    """The paper's train split, optionally few-shot (k per class) or subsampled, seeded."""
+    examples = task.load("train", data_dir=data.resolved_data_dir(), seed=data.seed)
+    if data.few_shot_k:
+        examples = few_shot(examples, data.few_shot_k, data.seed)
+    if data.train_limit and len(examples) > data.train_limit:
+        rng = random.Random(data.seed)
+        examples = rng.sample(examples, data.train_limit)
+    return examples
+
+
+def eval_examples(task: Task, split: str, data: DataConfig, limit: Optional[int] = None) -> list[Example]:
+    examples = task.load(split, data_dir=data.resolved_data_dir(), seed=data.seed)
+    return examples[:limit] if limit else examples
+
+
+def features(examples: Sequence[Example], encoder: TextEncoder, task_index: int = 0) -> list[Feature]:
+    return [encoder.feature(e.source, e.target, task_index) for e in examples]
+
+
+def backbone_params(backbone: Backbone) -> int:
+    return sum(p.numel() for p in backbone.model.parameters())
+
+
+def write_stage(out_dir: Path, stage: str, cfg, extra: Optional[dict] = None) -> None:
+    """Resolved config + a stage marker: the folder describes itself."""
+    save_yaml(to_dict(cfg), out_dir / "config.yaml")
+    atomic_write_json(out_dir / STAGE_FILE, {"stage": stage, "mptune_version": __version__,
+                                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})})
+
+
+def stage_done(out_dir: Path, stage: str) -> bool:
+    import json
+
+    f = Path(out_dir) / STAGE_FILE
+    try:
+        return json.loads(f.read_text()).get("stage") == stage
+    except (OSError, ValueError):
+        return False

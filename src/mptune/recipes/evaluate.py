@@ -1,0 +1,143 @@
+"""Recipes: evaluate a saved prompt on a task split; predict on a file.
+
+Both read a stage folder (or a prompt file): the backbone comes from the
+folder's config.yaml unless `model` is given, and the prompt file's metadata is
+checked against that backbone before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from ..config import ConfigError, DataConfig, ModelConfig, load_yaml
+from ..evaluation import evaluate, predict, prediction_rows
+from ..prompts import load_prompt_module
+from ..tasks import Example, get_task
+from ..tasks.readers import DataError
+from ..utils import atomic_write_json, atomic_write_jsonl
+from . import common
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate a saved prompt with the task's metrics."""
+
+    prompt: str
+    """Stage folder (holding prompt.safetensors and config.yaml) or a .safetensors prompt file."""
+    task: Optional[str] = None
+    """Task to evaluate (default: the prompt's task; required for multi-task prompts)."""
+    split: Literal["train", "dev", "test"] = "test"
+    """Paper split to evaluate."""
+    output_dir: Optional[str] = None
+    """Where to write metrics and predictions (default: <prompt folder>/eval-<task>-<split>)."""
+    model: Optional[ModelConfig] = None
+    """Backbone override (default: the one in the prompt folder's config.yaml)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data source and tokenisation."""
+    batch_size: int = 32
+    """Examples per batch."""
+    limit: Optional[int] = None
+    """Evaluate only the first N examples."""
+
+
+@dataclass
+class PredictConfig:
+    """Predict with a saved prompt on a JSONL file."""
+
+    prompt: str
+    """Stage folder or .safetensors prompt file."""
+    input: str
+    """JSONL file: each line has "source" (model input text) or the task template's fields."""
+    output: str
+    """JSONL file to write predictions to."""
+    task: Optional[str] = None
+    """Task whose template/labels to use (default: the prompt's task)."""
+    model: Optional[ModelConfig] = None
+    """Backbone override (default: the one in the prompt folder's config.yaml)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Tokenisation limits."""
+    batch_size: int = 32
+    """Examples per batch."""
+
+
+def _model_for(prompt: str, override: Optional[ModelConfig]) -> ModelConfig:
+    if override is not None:
+        return override
+    folder = Path(prompt) if Path(prompt).is_dir() else Path(prompt).parent
+    cfg_file = folder / "config.yaml"
+    if cfg_file.is_file():
+        model = load_yaml(cfg_file).get("model")
+        if isinstance(model, dict) and model.get("name"):
+            return ModelConfig(**model)
+    raise ConfigError(f"model: no backbone given and {cfg_file} has none; pass model.name=...")
+
+
+def _setup(prompt: str, model: Optional[ModelConfig], task_name: Optional[str], data: DataConfig):
+    acc = common.make_accelerator()
+    backbone = common.setup_backbone(_model_for(prompt, model), acc)
+    module, meta = load_prompt_module(prompt, backbone)
+    name = task_name or (meta.tasks[0] if len(meta.tasks) == 1 else None)
+    if name is None:
+        raise ConfigError(f"task: the prompt holds tasks {meta.tasks}; choose one with task=...")
+    if name not in meta.tasks and meta.kind == "decomposed":
+        raise ConfigError(f"task: {name!r} is not among the prompt's tasks {meta.tasks}")
+    task = get_task(name)
+    task_index = meta.tasks.index(name) if name in meta.tasks else 0
+    return acc, backbone, module.to(acc.device), task, task_index, common.encoder_for(backbone, data)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict:
+    acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data)
+    examples = common.eval_examples(task, cfg.split, cfg.data, cfg.limit)
+    r = evaluate(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc)
+    folder = Path(cfg.prompt) if Path(cfg.prompt).is_dir() else Path(cfg.prompt).parent
+    out = Path(cfg.output_dir) if cfg.output_dir else folder / f"eval-{task.name}-{cfg.split}"
+    result = {"task": task.name, "split": cfg.split, "examples": len(examples), "metrics": r.metrics}
+    if acc.is_main_process:
+        atomic_write_jsonl(out / f"predictions_{cfg.split}.jsonl", r.rows)
+        atomic_write_json(out / "metrics.json", result)
+        common.write_stage(out, "evaluate", cfg)
+    return result
+
+
+def read_predict_input(path: Path, task) -> list[Example]:
+    """Rows with "source", or with the fields of the task's template."""
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object")
+            if "source" in row:
+                source = str(row["source"])
+            else:
+                try:
+                    source = task.template.format(**row)
+                except (KeyError, IndexError) as e:
+                    raise DataError(f"{where}: missing field {e} needed by the template of task "
+                                    f"{task.name!r} ({task.template!r}); or give a 'source' field") from None
+            examples.append(Example(source=source, target="", uid=str(row.get("id", where)), task=task.name))
+    if not examples:
+        raise DataError(f"{path}: no rows")
+    return examples
+
+
+def run_predict(cfg: PredictConfig) -> list[dict]:
+    acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data)
+    examples = read_predict_input(Path(cfg.input), task)
+    preds = predict(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc)
+    rows = prediction_rows(task, examples, preds)
+    for r in rows:
+        r.pop("target", None)
+    if acc.is_main_process:
+        atomic_write_jsonl(cfg.output, rows)
+    return rows

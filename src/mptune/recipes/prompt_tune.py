@@ -1,0 +1,101 @@
+"""Recipe: vanilla prompt tuning (Lester et al., 2021) of one task on a frozen backbone.
+
+setup -> train (dev eval every N steps, best prompt kept) -> save -> test.
+Output folder: config.yaml, stage.json, prompt.safetensors, metrics.json,
+predictions_{dev,test}.jsonl, log.jsonl, checkpoints/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig, ModelConfig, PromptConfig, TrainConfig
+from ..data import ShuffledBatches, collate
+from ..engine import Trainer
+from ..evaluation import evaluate
+from ..losses import TokenNLL
+from ..prompts.io import PromptMeta, save_prompt
+from ..prompts.soft import SoftPrompt, init_prompt_vectors
+from ..tasks import get_task
+from ..utils import atomic_write_json, atomic_write_jsonl, seed_everything
+from . import common
+
+
+@dataclass
+class PromptTuneConfig:
+    """Prompt-tune one task: learn l soft-prompt vectors in front of a frozen model."""
+
+    model: ModelConfig
+    """The frozen backbone."""
+    task: str
+    """Task name in the registry (see `mptune tasks`)."""
+    output_dir: str
+    """Folder for prompt, metrics, predictions, log and checkpoints."""
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """The soft prompt."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data source and tokenisation."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation."""
+    resume: bool = True
+    """Resume from the newest good checkpoint in output_dir/checkpoints."""
+
+
+def run(cfg: PromptTuneConfig) -> dict:
+    # -- setup -------------------------------------------------------------
+    out = Path(cfg.output_dir)
+    seed_everything(cfg.train.seed)
+    acc = common.make_accelerator(cfg.train.mixed_precision)
+    task = get_task(cfg.task)
+    backbone = common.setup_backbone(cfg.model, acc)
+    encoder = common.encoder_for(backbone, cfg.data)
+    train = common.train_examples(task, cfg.data)
+    dev = common.eval_examples(task, "dev", cfg.data)
+    feats = common.features(train, encoder)
+
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    init = init_prompt_vectors(cfg.prompt, backbone.model.get_input_embeddings(), backbone.tokenizer, g)
+    prompt = SoftPrompt(cfg.prompt.length, backbone.hidden_size, init).to(acc.device)
+    nll = TokenNLL()
+
+    def make_batch(idx: list[int]) -> dict:
+        b = collate([feats[i] for i in idx], backbone.kind, backbone.pad_id)
+        return {k: v.to(acc.device) for k, v in b.items()}
+
+    def loss_fn(batch: dict):
+        return nll(backbone(trainer.module(), batch)), {}
+
+    dev_subset = dev[: cfg.train.eval_limit] if cfg.train.eval_limit else dev
+
+    def dev_score() -> float:
+        r = evaluate(backbone, trainer.module, task, dev_subset, encoder, cfg.train.eval_batch_size,
+                     accelerator=acc, progress=False)
+        return r.metrics["score"]
+
+    # -- train -------------------------------------------------------------
+    trainer = Trainer(accelerator=acc, module=prompt, param_groups=[{"params": list(prompt.parameters())}],
+                      cfg=cfg.train, plan=ShuffledBatches(len(feats), cfg.train.batch_size, cfg.train.seed),
+                      make_batch=make_batch, loss_fn=loss_fn, evaluate=dev_score if dev else None,
+                      out_dir=out, resume=cfg.resume, desc=f"prompt-tune {task.name}")
+    result = trainer.fit()
+
+    # -- save --------------------------------------------------------------
+    best = SoftPrompt(cfg.prompt.length, backbone.hidden_size, result.best_tensors["weight"]).to(acc.device)
+    metrics = {"task": task.name, "best_step": result.best_step, "dev_history": result.history,
+               "trainable_params": best.weight.numel(), "backbone_params": common.backbone_params(backbone),
+               "train_examples": len(train)}
+    for split, examples in (("dev", dev), ("test", common.eval_examples(task, "test", cfg.data))):
+        r = evaluate(backbone, best, task, examples, encoder, cfg.train.eval_batch_size, accelerator=acc)
+        metrics[split] = r.metrics
+        if acc.is_main_process:
+            atomic_write_jsonl(out / f"predictions_{split}.jsonl", r.rows)
+    if acc.is_main_process:
+        meta = PromptMeta(kind="soft", backbone=backbone.name, length=best.length, dim=best.dim, tasks=[task.name])
+        save_prompt(out / "prompt.safetensors", best.state_tensors(), meta)
+        atomic_write_json(out / "metrics.json", metrics)
+        common.write_stage(out, "prompt-tune", cfg)
+    acc.wait_for_everyone()
+    return metrics

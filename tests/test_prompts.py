@@ -1,0 +1,96 @@
+"""Soft prompt init and safetensors prompt files."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mptune.config import PromptConfig, PromptInit
+from mptune.prompts import PromptFileError, PromptMeta, SoftPrompt, init_prompt_vectors, load_prompt, save_prompt
+
+
+def test_vocab_init_uses_embeddings_of_the_first_ids():
+    emb = nn.Embedding(100, 8)
+    v = init_prompt_vectors(PromptConfig(length=20, init_vocab_size=10), emb, generator=torch.Generator().manual_seed(0))
+    assert v.shape == (20, 8)
+    table = emb.weight[:10].detach()
+    assert all(((table - row).abs().sum(-1) < 1e-6).any() for row in v)
+
+
+def test_text_init_repeats_the_text_tokens():
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [3, 4]}
+
+    emb = nn.Embedding(10, 4)
+    v = init_prompt_vectors(PromptConfig(length=5, init=PromptInit.TEXT, init_text="x"), emb, Tok())
+    torch.testing.assert_close(v, emb.weight.detach()[[3, 4, 3, 4, 3]])
+
+
+def test_random_init_matches_embedding_scale():
+    emb = nn.Embedding(1000, 64)
+    nn.init.normal_(emb.weight, std=3.0)
+    v = init_prompt_vectors(PromptConfig(length=200, init="random"), emb, generator=torch.Generator().manual_seed(0))
+    assert 2.5 < v.std().item() < 3.5
+
+
+def test_scaled_embedding_modules_are_respected():
+    class Scaled(nn.Embedding):  # like Gemma 3: the module itself multiplies by sqrt(d)
+        def forward(self, ids):
+            return super().forward(ids) * 4.0
+
+    emb = Scaled(50, 16)
+    v = init_prompt_vectors(PromptConfig(length=3, init_vocab_size=50), emb, generator=torch.Generator().manual_seed(1))
+    assert v.abs().mean() > 3.0 * emb.weight.abs().mean().item()
+
+
+def test_prompt_config_rejects_impossible_values():
+    with pytest.raises(ValueError, match="prompt.length"):
+        PromptConfig(length=0)
+    with pytest.raises(ValueError, match="prompt.init_text"):
+        PromptConfig(init="text")
+
+
+def _meta(**kw):
+    base = dict(kind="soft", backbone="tiny", length=4, dim=8, tasks=["sst2"])
+    return PromptMeta(**{**base, **kw})
+
+
+def test_save_load_round_trip(tmp_path):
+    p = SoftPrompt(4, 8, torch.randn(4, 8))
+    f = save_prompt(tmp_path / "prompt.safetensors", p.state_tensors(), _meta())
+    tensors, meta = load_prompt(tmp_path, backbone="tiny", dim=8)
+    torch.testing.assert_close(tensors["prompt"], p.weight.detach())
+    assert meta.tasks == ["sst2"] and meta.length == 4 and f.is_file()
+    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+
+
+def test_other_backbone_or_width_is_refused(tmp_path):
+    save_prompt(tmp_path / "prompt.safetensors", {"prompt": torch.zeros(4, 8)}, _meta())
+    with pytest.raises(PromptFileError, match="hidden size is 8.*16"):
+        load_prompt(tmp_path, dim=16)
+    with pytest.raises(PromptFileError, match="backbone 'tiny'"):
+        load_prompt(tmp_path, backbone="t5-base")
+
+
+def test_shape_metadata_disagreement_is_refused(tmp_path):
+    with pytest.raises(PromptFileError, match="disagree"):
+        save_prompt(tmp_path / "p.safetensors", {"prompt": torch.zeros(5, 8)}, _meta())
+
+
+def test_corrupt_and_pickle_files_are_refused(tmp_path):
+    bad = tmp_path / "prompt.safetensors"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(PromptFileError, match="not a readable safetensors"):
+        load_prompt(bad)
+    pkl = tmp_path / "prompt.bin"
+    pkl.write_bytes(b"whatever")
+    with pytest.raises(PromptFileError, match="pickle"):
+        load_prompt(pkl)
+
+
+def test_foreign_safetensors_without_metadata_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"prompt": torch.zeros(4, 8)}, str(tmp_path / "prompt.safetensors"))
+    with pytest.raises(PromptFileError, match="metadata key 'format' missing"):
+        load_prompt(tmp_path)
