@@ -1,0 +1,175 @@
+"""Task metrics, all on the paper's 0..100 scale.
+
+Every metric is registered in :data:`METRICS` under its name together with the
+kind of input it takes:
+
+* ``"label"``  ``fn(preds: list[int], golds: list[int])`` -- class indices; an
+  invalid prediction is ``-1`` (see :func:`fix_invalid`).
+* ``"value"``  ``fn(preds: list[float], golds: list[float])`` -- regression.
+* ``"text"``   ``fn(preds: list[str], golds: list[list[str]])`` -- max over the
+  gold answers (SQuAD, MRQA, ReCoRD).
+* ``"group"``  ``fn(preds: list[int], golds: list[int], groups: list[str])`` --
+  MultiRC (answer options grouped by question).
+
+scikit-learn / scipy compute accuracy, F1, macro-F1, Matthews correlation,
+Pearson and Spearman; the SQuAD normalisation, EM and F1 follow the official
+SQuAD v1.1 evaluation script (ReCoRD's official script uses the same ones).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter, defaultdict
+from typing import Callable
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+
+def fix_invalid(preds: list[int], golds: list[int]) -> list[int]:
+    """Replace invalid predictions (-1: unparsable / unknown label) by a wrong label.
+
+    For binary tasks the wrong label is ``1 - gold`` (as T5 / ATTEMPT's
+    ``f1_score_with_invalid``); for more classes ``-1`` is kept, which counts as
+    an error for accuracy and as an extra class for Matthews correlation.
+    """
+    binary = set(golds) <= {0, 1}
+    return [(1 - g if binary else -1) if (p is None or p < 0) else int(p) for p, g in zip(preds, golds)]
+
+
+def _check(preds, golds) -> None:
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} predictions for {len(golds)} gold labels")
+    if not golds:
+        raise ValueError("no examples to score")
+
+
+def accuracy(preds: list[int], golds: list) -> float:
+    _check(preds, golds)
+    return 100.0 * float(np.mean([p == g for p, g in zip(preds, golds)]))
+
+
+def f1(preds: list[int], golds: list[int]) -> float:
+    """Binary F1 of the positive class (label 1)."""
+    _check(preds, golds)
+    return 100.0 * float(skm.f1_score(golds, fix_invalid(preds, golds), pos_label=1,
+                                      average="binary", zero_division=0))
+
+
+def macro_f1(preds: list[int], golds: list[int]) -> float:
+    """Unweighted mean of the per-class F1 over the gold classes (CB)."""
+    _check(preds, golds)
+    labels = sorted(set(golds))
+    return 100.0 * float(skm.f1_score(golds, fix_invalid(preds, golds), labels=labels,
+                                      average="macro", zero_division=0))
+
+
+def matthews(preds: list[int], golds: list[int]) -> float:
+    _check(preds, golds)
+    return 100.0 * float(skm.matthews_corrcoef(golds, fix_invalid(preds, golds)))
+
+
+def _corr(fn, preds, golds) -> float:
+    _check(preds, golds)
+    p, g = np.asarray(preds, dtype=float), np.asarray(golds, dtype=float)
+    if len(p) < 2 or np.all(p == p[0]) or np.all(g == g[0]):
+        return 0.0  # undefined for constant input; 0 keeps "best dev score" comparisons sane
+    r = float(fn(p, g)[0])
+    return 0.0 if math.isnan(r) else 100.0 * r
+
+
+def pearson(preds: list[float], golds: list[float]) -> float:
+    """Pearson correlation x 100 (0 when either side is constant)."""
+    return _corr(stats.pearsonr, preds, golds)
+
+
+def spearman(preds: list[float], golds: list[float]) -> float:
+    """Spearman rank correlation x 100 (0 when either side is constant)."""
+    return _corr(stats.spearmanr, preds, golds)
+
+
+# --- SQuAD (official v1.1 evaluation script semantics) ---------------------------------
+
+def normalize_answer(s: str) -> str:
+    """Lower case, remove punctuation, articles (a/an/the) and extra whitespace."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match_score(pred: str, gold: str) -> float:
+    return float(normalize_answer(pred) == normalize_answer(gold))
+
+
+def f1_score(pred: str, gold: str) -> float:
+    """Token-level F1 between normalised answers (SQuAD v1.1)."""
+    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+    same = sum((Counter(p) & Counter(g)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _max_over(fn, preds: list[str], golds: list[list[str]]) -> float:
+    _check(preds, golds)
+    total = 0.0
+    for pred, answers in zip(preds, golds):
+        if not answers:
+            raise ValueError("an example has no gold answers (unlabeled split?)")
+        total += max(fn(pred or "", a) for a in answers)
+    return 100.0 * total / len(golds)
+
+
+def squad_em(preds: list[str], golds: list[list[str]]) -> float:
+    """Exact match, max over the gold answers."""
+    return _max_over(exact_match_score, preds, golds)
+
+
+def squad_f1(preds: list[str], golds: list[list[str]]) -> float:
+    """Token F1, max over the gold answers."""
+    return _max_over(f1_score, preds, golds)
+
+
+# --- MultiRC ---------------------------------------------------------------------------
+
+def multirc_em(preds: list[int], golds: list[int], groups: list[str]) -> float:
+    """Share of questions whose answer options are *all* labelled correctly."""
+    _check(preds, golds)
+    ok: dict[str, bool] = defaultdict(lambda: True)
+    for p, g, q in zip(preds, golds, groups):
+        ok[q] = ok[q] and p == g
+    return 100.0 * sum(ok.values()) / len(ok)
+
+
+def multirc_f1a(preds: list[int], golds: list[int], groups: list[str] | None = None) -> float:
+    """F1a: binary F1 over all answer options of all questions."""
+    return f1(preds, golds)
+
+
+METRICS: dict[str, tuple[Callable[..., float], str]] = {
+    "accuracy": (accuracy, "label"),
+    "f1": (f1, "label"),
+    "macro_f1": (macro_f1, "label"),
+    "matthews": (matthews, "label"),
+    "pearson": (pearson, "value"),
+    "spearman": (spearman, "value"),
+    "squad_em": (squad_em, "text"),
+    "squad_f1": (squad_f1, "text"),
+    "record_em": (squad_em, "text"),  # ReCoRD's official script = SQuAD normalisation, max over answers
+    "record_f1": (squad_f1, "text"),
+    "multirc_em": (multirc_em, "group"),
+    "multirc_f1a": (multirc_f1a, "group"),
+}
+
+
+def string_to_float(s: str, default: float = -1.0) -> float:
+    """Parse a generated number as T5 does: unparsable text -> ``default`` (-1)."""
+    try:
+        return float(str(s).strip())
+    except ValueError:
+        return default

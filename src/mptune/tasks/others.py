@@ -1,0 +1,56 @@
+"""The paper's "Others" targets: WinoGrande, Yelp-2, SciTail, PAWS.
+
+Split policies follow the ATTEMPT/MPT code: SciTail is treated as "small"
+(validation split in half) despite its 23k training rows; PAWS keeps its own
+validation / test sets; Yelp-2 has no validation set, so its test set plays that
+role. Original-file layouts are given where the release is a plain table
+(Yelp ``yelp_review_polarity_csv/``, SciTail ``SciTailV1.1/snli_format/``, PAWS
+``paws/final/``); WinoGrande loads from the Hub.
+"""
+
+from .base import Source, Task, TaskKind
+from .registry import register_task
+
+C = TaskKind.CLASSIFICATION
+
+
+def winogrande_prepare(row: dict) -> dict:
+    row["choices"] = [row["option1"], row["option2"]]
+    return row
+
+
+WINOGRANDE = register_task(Task(
+    name="winogrande", group="others", kind=C,
+    source=Source(hub="winogrande", config="winogrande_xl"),
+    template="winogrande sentence: {sentence} option1: {option1} option2: {option2}",
+    label_field="answer", label_map={"1": 0, "2": 1}, prepare=winogrande_prepare,
+    fields=("sentence", "option1", "option2"),
+    split="large", sizes={"train": 40398, "validation": 1267, "test": 1767}))
+
+YELP = register_task(Task(
+    name="yelp_polarity", group="others", kind=C,
+    source=Source(hub="yelp_polarity", hub_splits={"validation": "test"}, format="csv",
+                  files={"train": "yelp_review_polarity_csv/train.csv",
+                         "validation": "yelp_review_polarity_csv/test.csv"},
+                  fieldnames=("label", "text"), headerless=True),
+    template="yelp_polarity sentence: {text}",
+    label_words=("negative", "positive"), label_map={"1": 0, "2": 1},  # csv: 1 = negative, 2 = positive
+    split="large", sizes={"train": 560000, "validation": 38000}), aliases=("yelp", "yelp-2", "yelp2"))
+
+SCITAIL = register_task(Task(
+    name="scitail", group="others", kind=C,
+    source=Source(hub="scitail", config="snli_format", format="jsonl", files={
+        s: f"SciTailV1.1/snli_format/scitail_1.0_{f}.txt" for s, f in
+        (("train", "train"), ("validation", "dev"), ("test", "test"))}),
+    template="scitail premise: {sentence1} hypothesis: {sentence2}",
+    label_field="gold_label", label_words=("entailment", "neutral"),
+    split="small", sizes={"train": 23596, "validation": 1304, "test": 2126}))
+
+PAWS = register_task(Task(
+    name="paws", group="others", kind=C,
+    source=Source(hub="paws", config="labeled_final", format="tsv", files={
+        "train": "paws/final/train.tsv", "validation": "paws/final/dev.tsv", "test": "paws/final/test.tsv"}),
+    template="paws sentence1: {sentence1} sentence2: {sentence2}",
+    label_words=("not_paraphrase", "paraphrase"),
+    split="given", split_map={"train": "train", "dev": "validation", "test": "test"},
+    sizes={"train": 49401, "validation": 8000, "test": 8000}))

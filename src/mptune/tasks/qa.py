@@ -1,0 +1,41 @@
+"""Extractive QA entries: SQuAD v1.1 (a source task) and the four MRQA 2019 target tasks.
+
+Generation tasks: the target is the first gold answer, ``answers`` keeps all of
+them, and EM / F1 take the max over the answers with SQuAD's normalisation.
+The paper reports F1 for MRQA, so ``score`` is F1 there (EM is still reported).
+
+SQuAD's files are the official ``squad/{train,dev}-v1.1.json``; the dev set is
+also found as BIG-bench's re-serialised copy (``bigbench/squad_shifts/
+squaddev_v1.1.json``: 10,565 of the 10,570 questions) when the official file is
+absent. MRQA loads from the Hub (``mrqa``, filtered by its ``subset`` column).
+"""
+
+from .base import Source, Task, TaskKind
+from .registry import register_task
+
+G = TaskKind.GENERATION
+
+SQUAD = register_task(Task(
+    name="squad", group="qa", kind=G,
+    source=Source(hub="squad", format="squad", files={
+        "train": "squad/train-v1.1.json",
+        "validation": ("squad/dev-v1.1.json", "bigbench/squad_shifts/squaddev_v1.1.json")}),
+    template="squad question: {question} context: {context}",
+    metrics=("squad_em", "squad_f1"),
+    split="large", sizes={"train": 87599, "validation": 10570}))
+
+
+def mrqa(name: str, subset: str, sizes: dict, aliases=()) -> Task:
+    return register_task(Task(
+        name=name, group="mrqa", kind=G,
+        source=Source(hub="mrqa", hub_filter=("subset", subset)),
+        template=f"{name} question: {{question}} context: {{context}}",
+        metrics=("squad_em", "squad_f1"), score_metrics=("squad_f1",),
+        split="large", sizes=sizes, description=f"MRQA 2019 subset {subset}"), aliases=aliases)
+
+
+NQ = mrqa("nq", "NaturalQuestionsShort", {"train": 104071, "validation": 12836},
+          aliases=("naturalquestions", "natural_questions"))
+HOTPOTQA = mrqa("hotpotqa", "HotpotQA", {"train": 72928, "validation": 5901})
+SEARCHQA = mrqa("searchqa", "SearchQA", {"train": 117384, "validation": 16980})
+NEWSQA = mrqa("newsqa", "NewsQA", {"train": 74160, "validation": 4212})
