@@ -110,18 +110,18 @@ def test_large_split_holds_out_1000_train(sst2):
     assert not {e.uid for e in sst2["train"]} & {e.uid for e in sst2["dev"]}
     assert all(e.uid.startswith("glue/SST-2/train.tsv") for e in sst2["dev"])
     assert all(e.uid.startswith("glue/SST-2/dev.tsv") for e in sst2["test"])
-    assert get_task("sst2").paper_sizes() == {"train": 66349, "dev": 1000, "test": 872}
+    assert get_task("sst2").sizes() == {"train": 66349, "dev": 1000, "test": 872}
 
 
 @pytest.mark.parametrize("name,n", [("rte", 277), ("stsb", 1500), ("cola", 1043), ("mrpc", 408), ("wsc", 104)])
 def test_small_split_halves_validation(name, n, shared_data):
     task = get_task(name)
     dev, test = task.load("dev", shared_data), task.load("test", shared_data)
-    assert (len(dev), len(test)) == (n // 2, n - n // 2) == (task.paper_sizes()["dev"], task.paper_sizes()["test"])
+    assert (len(dev), len(test)) == (n // 2, n - n // 2) == (task.sizes()["dev"], task.sizes()["test"])
     val = {e.uid for e in task.load_raw("validation", shared_data)}
     assert {e.uid for e in dev} | {e.uid for e in test} == val
     assert not {e.uid for e in dev} & {e.uid for e in test}
-    assert len(task.load("train", shared_data)) == task.sizes["train"]
+    assert len(task.load("train", shared_data)) == task.raw_sizes["train"]
 
 
 def test_splits_are_deterministic_and_seeded(shared_data):
@@ -160,3 +160,12 @@ def test_squad_test_split_is_validation(shared_data):
     assert len(exs) == 10565
     scores = get_task("squad").score(exs[:10], [e.answers[-1] for e in exs[:10]])
     assert scores["squad_em"] == scores["squad_f1"] == scores["score"] == 100.0
+
+
+def test_sizes_counted_from_files(shared_data):
+    assert get_task("squad").sizes() == {"train": 86599, "dev": 1000, "test": 10570}  # Hub numbers
+    assert get_task("squad").sizes(shared_data)["test"] == 10565  # BIG-bench's copy of dev
+    assert get_task("multirc").sizes()["dev"] is None  # cut by question: unknown without the data
+    mr = get_task("multirc").sizes(shared_data)
+    assert mr["train"] == 27243 and mr["dev"] + mr["test"] == 4848
+    assert get_task("qnli").sizes(shared_data) == {"train": 103743, "dev": 1000, "test": 5463}  # no train file

@@ -114,10 +114,11 @@ class Task:
 
     ``split`` is the paper-split policy (see :mod:`mptune.tasks.splits`):
     ``"auto"`` | ``"small"`` | ``"large"`` | ``"given"`` (with ``split_map``
-    from paper split to raw split). ``sizes`` are the raw splits' known row counts
-    (Hub numbers). ``prepare`` is an optional function ``row -> row`` for
-    task-specific structure (WSC span marking, ReCoRD entities, MultiRC groups);
-    it may set ``choices``, ``answers``, ``group`` and ``label`` fields.
+    from paper split to raw split). ``raw_sizes`` are the released splits' known
+    row counts (Hub numbers); :meth:`sizes` gives the paper splits' sizes.
+    ``prepare`` is an optional function ``row -> row`` for task-specific structure
+    (WSC span marking, ReCoRD entities, MultiRC groups); it may set ``choices``,
+    ``answers``, ``group`` and ``label`` fields.
     ``fields`` lists the raw fields a file must have (default: the template's
     fields plus the label / answers field).
     """
@@ -135,7 +136,7 @@ class Task:
     label_map: Mapping[str, int] = field(default_factory=dict)  # raw label value -> index
     split: str = "auto"
     split_map: Mapping[str, str] = field(default_factory=dict)
-    sizes: Mapping[str, int] = field(default_factory=dict)
+    raw_sizes: Mapping[str, int] = field(default_factory=dict)
     prepare: Callable[[dict], dict] | None = None
     fields: tuple[str, ...] | None = None
     grouped: bool = False  # examples carry a group (MultiRC): splits cut by group
@@ -245,22 +246,42 @@ class Task:
     def resolved_split(self, data_dir=None) -> str:
         if self.split != "auto":
             return self.split
-        n = self.sizes.get("train")
+        n = self.raw_sizes.get("train")
         if n is None:
             n = len(self.load_raw("train", data_dir))
         return "small" if n < splits.SMALL_LIMIT else "large"
 
-    def paper_sizes(self) -> dict[str, int | None]:
-        """Sizes of the paper's train/dev/test from the known raw sizes (None: unknown)."""
-        sizes = splits.paper_sizes(self.split, dict(self.sizes), dict(self.split_map))
-        if self.grouped and self.resolved_split_known() == "small":
-            sizes.update(dev=None, test=None)  # cut by question, not by row
-        return sizes
+    def sizes(self, data_dir: str | os.PathLike | None = None) -> dict[str, int | None]:
+        """Sizes of the paper's train / dev / test (None: unknown).
 
-    def resolved_split_known(self) -> str | None:
+        Without a data dir (argument or ``$MPTUNE_DATA_DIR``) they come from the
+        known Hub sizes; with one, splits whose files are there are counted.
+        """
+        if data_dir is None:
+            data_dir = os.environ.get("MPTUNE_DATA_DIR") or None
+        counted: dict[str, list[Example]] = {}
+        if data_dir is not None and self.source.files:
+            for raw in (self.split_map.values() if self.split == "given" else ("train", "validation")):
+                try:
+                    counted[raw] = self.load_raw(raw, data_dir)
+                except DataError:
+                    pass  # file absent: keep the known size
+        raw_sizes = {**self.raw_sizes, **{r: len(v) for r, v in counted.items()}}
+        policy = self.split if self.split != "auto" else self.resolved_split_known(raw_sizes)
+        out = splits.paper_sizes(policy or "auto", raw_sizes, dict(self.split_map))
+        if self.grouped and policy == "small":  # cut by question, not by row
+            dev, test = splits.cut(counted["validation"], None, 42) if "validation" in counted else (None, None)
+            out.update(dev=dev and len(dev), test=test and len(test))
+        return out
+
+    def source_label(self) -> str:
+        """Short description of the data source, e.g. ``glue/rte + files:glue``."""
+        return self.source.describe()
+
+    def resolved_split_known(self, raw_sizes: Mapping[str, int] | None = None) -> str | None:
         if self.split != "auto":
             return self.split
-        n = self.sizes.get("train")
+        n = (self.raw_sizes if raw_sizes is None else raw_sizes).get("train")
         return None if n is None else ("small" if n < splits.SMALL_LIMIT else "large")
 
     def required_fields(self, labeled: bool = True) -> tuple[str, ...]:

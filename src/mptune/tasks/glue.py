@@ -31,7 +31,7 @@ MNLI = register_task(Task(
     template="mnli hypothesis: {hypothesis} premise: {premise}",
     label_words=("entailment", "neutral", "contradiction"),
     split="given", split_map={"train": "train", "dev": "validation_mismatched", "test": "validation_matched"},
-    sizes={"train": 392702, "validation_matched": 9815, "validation_mismatched": 9832},
+    raw_sizes={"train": 392702, "validation_matched": 9815, "validation_mismatched": 9832},
     description="MultiNLI; dev = validation_mismatched, test = validation_matched (as MPT/ATTEMPT)"))
 
 QQP = register_task(Task(
@@ -39,42 +39,42 @@ QQP = register_task(Task(
     source=glue("qqp", "QQP", columns={"label": "is_duplicate"}),
     template="qqp question1: {question1} question2: {question2}",
     label_words=("not_duplicate", "duplicate"), metrics=("accuracy", "f1"),
-    split="large", sizes={"train": 363846, "validation": 40430}))
+    split="large", raw_sizes={"train": 363846, "validation": 40430}))
 
 QNLI = register_task(Task(
     name="qnli", group="glue", kind=C,
     source=glue("qnli", "QNLI"),
     template="qnli question: {question} sentence: {sentence}",
     label_words=("entailment", "not_entailment"),
-    split="large", sizes={"train": 104743, "validation": 5463}))
+    split="large", raw_sizes={"train": 104743, "validation": 5463}))
 
 SST2 = register_task(Task(
     name="sst2", group="glue", kind=C,
     source=glue("sst2", "SST-2"),
     template="sst2 sentence: {sentence}",
     label_words=("negative", "positive"),
-    split="large", sizes={"train": 67349, "validation": 872}), aliases=("sst-2",))
+    split="large", raw_sizes={"train": 67349, "validation": 872}), aliases=("sst-2",))
 
 STSB = register_task(Task(
     name="stsb", group="glue", kind=R,
     source=glue("stsb", "STS-B", columns={"label": "score"}),
     template="stsb sentence1: {sentence1} sentence2: {sentence2}",
     metrics=("pearson", "spearman"),
-    split="small", sizes={"train": 5749, "validation": 1500}), aliases=("sts-b",))
+    split="small", raw_sizes={"train": 5749, "validation": 1500}), aliases=("sts-b",))
 
 MRPC = register_task(Task(
     name="mrpc", group="glue", kind=C,
     source=glue("mrpc", "MRPC", columns={"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}),
     template="mrpc sentence1: {sentence1} sentence2: {sentence2}",
     label_words=("not_equivalent", "equivalent"), metrics=("accuracy", "f1"),
-    split="small", sizes={"train": 3668, "validation": 408}))
+    split="small", raw_sizes={"train": 3668, "validation": 408}))
 
 RTE = register_task(Task(
     name="rte", group="glue", kind=C,
     source=glue("rte", "RTE"),
     template="rte sentence1: {sentence1} sentence2: {sentence2}",
     label_words=("entailment", "not_entailment"),
-    split="small", sizes={"train": 2490, "validation": 277}))
+    split="small", raw_sizes={"train": 2490, "validation": 277}))
 
 COLA = register_task(Task(
     name="cola", group="glue", kind=C,
@@ -83,12 +83,12 @@ COLA = register_task(Task(
                 headerless=("train", "validation")),
     template="cola sentence: {sentence}",
     label_words=("unacceptable", "acceptable"), metrics=("matthews",),
-    split="small", sizes={"train": 8551, "validation": 1043}))
+    split="small", raw_sizes={"train": 8551, "validation": 1043}))
 
 WNLI = register_task(Task(
     name="wnli", group="glue", kind=C,
     source=glue("wnli", "WNLI"),
     template="wnli sentence1: {sentence1} sentence2: {sentence2}",
     label_words=("not_entailment", "entailment"),
-    split="small", sizes={"train": 635, "validation": 71},
+    split="small", raw_sizes={"train": 635, "validation": 71},
     description="not one of the paper's 23 datasets; here because its original files are at hand"))

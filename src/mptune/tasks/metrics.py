@@ -69,7 +69,10 @@ def macro_f1(preds: list[int], golds: list[int]) -> float:
 
 def matthews(preds: list[int], golds: list[int]) -> float:
     _check(preds, golds)
-    return 100.0 * float(skm.matthews_corrcoef(golds, fix_invalid(preds, golds)))
+    preds = fix_invalid(preds, golds)
+    if len(set(golds) | set(preds)) < 2:
+        return 0.0  # undefined for a single class (sklearn's value, without its warning)
+    return 100.0 * float(skm.matthews_corrcoef(golds, preds))
 
 
 def _corr(fn, preds, golds) -> float:

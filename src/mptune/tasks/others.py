@@ -25,7 +25,7 @@ WINOGRANDE = register_task(Task(
     template="winogrande sentence: {sentence} option1: {option1} option2: {option2}",
     label_field="answer", label_map={"1": 0, "2": 1}, prepare=winogrande_prepare,
     fields=("sentence", "option1", "option2"),
-    split="large", sizes={"train": 40398, "validation": 1267, "test": 1767}))
+    split="large", raw_sizes={"train": 40398, "validation": 1267, "test": 1767}))
 
 YELP = register_task(Task(
     name="yelp_polarity", group="others", kind=C,
@@ -35,7 +35,7 @@ YELP = register_task(Task(
                   fieldnames=("label", "text"), headerless=True),
     template="yelp_polarity sentence: {text}",
     label_words=("negative", "positive"), label_map={"1": 0, "2": 1},  # csv: 1 = negative, 2 = positive
-    split="large", sizes={"train": 560000, "validation": 38000}), aliases=("yelp", "yelp-2", "yelp2"))
+    split="large", raw_sizes={"train": 560000, "validation": 38000}), aliases=("yelp", "yelp-2", "yelp2"))
 
 SCITAIL = register_task(Task(
     name="scitail", group="others", kind=C,
@@ -44,7 +44,7 @@ SCITAIL = register_task(Task(
         (("train", "train"), ("validation", "dev"), ("test", "test"))}),
     template="scitail premise: {sentence1} hypothesis: {sentence2}",
     label_field="gold_label", label_words=("entailment", "neutral"),
-    split="small", sizes={"train": 23596, "validation": 1304, "test": 2126}))
+    split="small", raw_sizes={"train": 23596, "validation": 1304, "test": 2126}))
 
 PAWS = register_task(Task(
     name="paws", group="others", kind=C,
@@ -53,4 +53,4 @@ PAWS = register_task(Task(
     template="paws sentence1: {sentence1} sentence2: {sentence2}",
     label_words=("not_paraphrase", "paraphrase"),
     split="given", split_map={"train": "train", "dev": "validation", "test": "test"},
-    sizes={"train": 49401, "validation": 8000, "test": 8000}))
+    raw_sizes={"train": 49401, "validation": 8000, "test": 8000}))

@@ -22,7 +22,7 @@ SQUAD = register_task(Task(
         "validation": ("squad/dev-v1.1.json", "bigbench/squad_shifts/squaddev_v1.1.json")}),
     template="squad question: {question} context: {context}",
     metrics=("squad_em", "squad_f1"),
-    split="large", sizes={"train": 87599, "validation": 10570}))
+    split="large", raw_sizes={"train": 87599, "validation": 10570}))
 
 
 def mrqa(name: str, subset: str, sizes: dict, aliases=()) -> Task:
@@ -31,7 +31,7 @@ def mrqa(name: str, subset: str, sizes: dict, aliases=()) -> Task:
         source=Source(hub="mrqa", hub_filter=("subset", subset)),
         template=f"{name} question: {{question}} context: {{context}}",
         metrics=("squad_em", "squad_f1"), score_metrics=("squad_f1",),
-        split="large", sizes=sizes, description=f"MRQA 2019 subset {subset}"), aliases=aliases)
+        split="large", raw_sizes=sizes, description=f"MRQA 2019 subset {subset}"), aliases=aliases)
 
 
 NQ = mrqa("nq", "NaturalQuestionsShort", {"train": 104071, "validation": 12836},

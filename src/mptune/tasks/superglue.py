@@ -127,21 +127,21 @@ MULTIRC = register_task(Task(
     label_words=BOOL, metrics=("multirc_f1a", "multirc_em"), score_metrics=("multirc_f1a",),
     prepare=multirc_prepare, grouped=True,
     # ATTEMPT/MPT treat MultiRC as a "small" dataset (validation split in half) despite 27k train rows
-    split="small", sizes={"train": 27243, "validation": 4848, "test": 9693},
+    split="small", raw_sizes={"train": 27243, "validation": 4848, "test": 9693},
     description="sizes count answer options; dev/test halves are cut by question"), aliases=("superglue-multirc",))
 
 BOOLQ = register_task(Task(
     name="boolq", group="superglue", kind=C,
     source=superglue("boolq", "BoolQ"),
     template="boolq question: {question} passage: {passage}",
-    label_words=BOOL, split="small", sizes={"train": 9427, "validation": 3270, "test": 3245}),
+    label_words=BOOL, split="small", raw_sizes={"train": 9427, "validation": 3270, "test": 3245}),
     aliases=("superglue-boolq",))
 
 WIC = register_task(Task(
     name="wic", group="superglue", kind=C,
     source=superglue("wic", "WiC"),
     template="wic sentence1: {sentence1} sentence2: {sentence2} word: {word}",
-    label_words=BOOL, split="small", sizes={"train": 5428, "validation": 638, "test": 1400}),
+    label_words=BOOL, split="small", raw_sizes={"train": 5428, "validation": 638, "test": 1400}),
     aliases=("superglue-wic",))
 
 WSC = register_task(Task(
@@ -150,7 +150,7 @@ WSC = register_task(Task(
     template="wsc text: {text}",
     label_words=BOOL, prepare=wsc_prepare,
     fields=("text", "span1_index", "span2_index", "span1_text", "span2_text"),
-    split="small", sizes={"train": 554, "validation": 104, "test": 146}),
+    split="small", raw_sizes={"train": 554, "validation": 104, "test": 146}),
     aliases=("superglue-wsc", "superglue-wsc.fixed", "wsc.fixed"))
 
 CB = register_task(Task(
@@ -158,14 +158,14 @@ CB = register_task(Task(
     source=superglue("cb", "CB"),
     template="cb hypothesis: {hypothesis} premise: {premise}",
     label_words=("entailment", "contradiction", "neutral"), metrics=("accuracy", "macro_f1"),
-    split="small", sizes={"train": 250, "validation": 56, "test": 250}), aliases=("superglue-cb",))
+    split="small", raw_sizes={"train": 250, "validation": 56, "test": 250}), aliases=("superglue-cb",))
 
 RECORD = register_task(Task(
     name="record", group="superglue", kind=C,
     source=superglue("record", "ReCoRD", explode=record_rows),
     template="record query: {query} entities: {entities} passage: {passage}",
     metrics=("record_em", "record_f1"), prepare=record_prepare, fields=("passage", "query", "entities"),
-    split="large", sizes={"train": 100730, "validation": 10000, "test": 10000},
+    split="large", raw_sizes={"train": 100730, "validation": 10000, "test": 10000},
     description="rank classification over the passage entities; one example per query"),
     aliases=("superglue-record",))
 
@@ -174,7 +174,7 @@ COPA = register_task(Task(
     source=superglue("copa", "COPA"),
     template="copa premise: {premise} question: {question} choice1: {choice1} choice2: {choice2}",
     prepare=copa_prepare, fields=("premise", "question", "choice1", "choice2"),
-    split="small", sizes={"train": 400, "validation": 100, "test": 500},
+    split="small", raw_sizes={"train": 400, "validation": 100, "test": 500},
     description="not one of the paper's 23 datasets"), aliases=("superglue-copa",))
 
 SUPERGLUE_RTE = register_task(Task(
@@ -182,6 +182,6 @@ SUPERGLUE_RTE = register_task(Task(
     source=superglue("rte", "RTE"),
     template="superglue_rte premise: {premise} hypothesis: {hypothesis}",
     label_words=("entailment", "not_entailment"),
-    split="small", sizes={"train": 2490, "validation": 277, "test": 3000},
+    split="small", raw_sizes={"train": 2490, "validation": 277, "test": 3000},
     description="SuperGLUE's copy of RTE (not one of the paper's 23 datasets)"),
     aliases=("superglue-rte", "sg-rte"))
