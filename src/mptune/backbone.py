@@ -43,12 +43,15 @@ class TargetOutput:
     """Backbone outputs aligned with the target tokens.
 
     logits: [B, T, V] predicting labels[:, t]; labels: [B, T] (IGNORE where no target);
-    hidden: [B, T, d] final-layer hidden states at those positions (decoder for T5), or None.
+    hidden: [B, T, d] final-layer hidden states at those positions (decoder for T5), or None;
+    source_hidden: [B, S, d] final-layer states at the text positions after the prompt
+    (encoder for T5, the LM for causal models; pads per batch["attention_mask"]), or None.
     """
 
     logits: torch.Tensor
     labels: torch.Tensor
     hidden: Optional[torch.Tensor] = None
+    source_hidden: Optional[torch.Tensor] = None
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -158,15 +161,19 @@ class Backbone(nn.Module):
             dec_in = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
             out = self.model(inputs_embeds=emb, attention_mask=mask, decoder_input_ids=dec_in,
                              output_hidden_states=hidden, use_cache=False)
-            h = out.decoder_hidden_states[-1] if hidden else None
-            return TargetOutput(out.logits, labels, h)
+            if not hidden:
+                return TargetOutput(out.logits, labels)
+            l = emb.shape[1] - batch["input_ids"].shape[1]
+            return TargetOutput(out.logits, labels, out.decoder_hidden_states[-1], out.encoder_last_hidden_state[:, l:])
         T = labels.shape[1]
         out = self.model(inputs_embeds=emb, attention_mask=mask, position_ids=self._position_ids(mask),
                          output_hidden_states=hidden, use_cache=False, logits_to_keep=T + 1)
         # logits at position p predict token p+1: the last T+1 positions cover every target.
         logits = out.logits[:, -(T + 1):-1]
-        h = out.hidden_states[-1][:, -(T + 1):-1] if hidden else None
-        return TargetOutput(logits, labels, h)
+        if not hidden:
+            return TargetOutput(logits, labels)
+        last, l = out.hidden_states[-1], emb.shape[1] - batch["input_ids"].shape[1]
+        return TargetOutput(logits, labels, last[:, -(T + 1):-1], last[:, l:])
 
     # -- rank classification -------------------------------------------------
     @torch.no_grad()

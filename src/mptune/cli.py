@@ -111,6 +111,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"mptune {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyError as e:  # unknown task / prompt task names: the message lists the valid ones
+        if not (e.args and isinstance(e.args[0], str) and " " in e.args[0]):
+            raise
+        print(f"mptune {name}: error: {e.args[0]}", file=sys.stderr)
+        return 2
     except Exception as e:  # errors we raise on purpose carry a full sentence; show it, not a traceback
         from .errors import user_errors
 

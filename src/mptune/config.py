@@ -33,6 +33,7 @@ class PromptInit(str, Enum):
     VOCAB = "vocab"  # embeddings of tokens sampled from the first `init_vocab_size` ids (paper)
     TEXT = "text"  # embeddings of `init_text`, repeated to length l
     RANDOM = "random"  # normal noise with the embedding table's std
+    PROMPTS = "prompts"  # average of saved soft prompts (SPoT-style transfer)
 
 
 @dataclass
@@ -68,6 +69,8 @@ class PromptConfig:
     """Text whose token embeddings start the prompt (init=text)."""
     init_vocab_size: int = 5000
     """Sample init tokens from the first this-many vocabulary ids (init=vocab)."""
+    init_from: list[str] = field(default_factory=list)
+    """Prompt folders/files whose soft prompts are averaged to start from (init=prompts; SPoT-style)."""
 
     def __post_init__(self) -> None:
         self.init = PromptInit(self.init)
@@ -75,6 +78,8 @@ class PromptConfig:
         _check(self.init_vocab_size >= 1, "prompt.init_vocab_size", "must be >= 1")
         if self.init == PromptInit.TEXT:
             _check(bool(self.init_text), "prompt.init_text", "is required when prompt.init=text")
+        if self.init == PromptInit.PROMPTS:
+            _check(bool(self.init_from), "prompt.init_from", "needs at least one prompt when prompt.init=prompts")
 
 
 @dataclass

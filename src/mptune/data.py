@@ -140,3 +140,48 @@ class ShuffledBatches:
 def shard(indices: list[int], rank: int, world: int) -> list[int]:
     """This process's share of a global batch (strided, so shares differ by at most one)."""
     return indices[rank::world]
+
+
+class TaskMixingBatches:
+    """Stochastic task sampling (MPT): each step draws K tasks, K uniform in
+    [k_min, k_max] (default [2, #tasks]), without replacement by task weight,
+    and fills the batch from them in near-equal shares. Weights: n_k^(1/T)
+    (T=1: size-proportional; larger T flattens towards uniform).
+
+    Each task walks its own seeded epoch order, so the plan is a pure function
+    of (seed, step) and resumes exactly. Indices are global: offsets[k] + local.
+    """
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int, k_min: int = 2,
+                 k_max: Optional[int] = None, temperature: float = 1.0):
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"every task needs examples, got sizes {list(sizes)}")
+        K = len(sizes)
+        self.k_min = min(max(1, k_min), K)
+        self.k_max = min(k_max or K, K)
+        if self.k_min > self.k_max:
+            raise ValueError(f"sampling.k_min={k_min} > k_max={k_max}")
+        self.batch_size, self.seed, self.step = batch_size, seed, 0
+        self.offsets = [sum(sizes[:k]) for k in range(K)]
+        w = torch.tensor([float(n) for n in sizes]) ** (1.0 / temperature)
+        self.weights = w / w.sum()
+        self.streams = [ShuffledBatches(n, 1, seed + 7919 * (k + 1)) for k, n in enumerate(sizes)]
+
+    def next(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        self.step += 1
+        k = int(torch.randint(self.k_min, self.k_max + 1, (1,), generator=g))
+        chosen = sorted(torch.multinomial(self.weights, k, replacement=False, generator=g).tolist())
+        out: list[int] = []
+        for j, t in enumerate(chosen):
+            share = self.batch_size // k + (1 if j < self.batch_size % k else 0)
+            out += [self.offsets[t] + self.streams[t].next()[0] for _ in range(share)]
+        return out
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "streams": [s.state_dict() for s in self.streams]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        for s, st in zip(self.streams, state["streams"]):
+            s.load_state_dict(st)

@@ -65,6 +65,7 @@ class Trainer:
         self.out_dir, self.desc = Path(out_dir), desc
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.log_path = self.out_dir / "log.jsonl"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         world = accelerator.num_processes
         if cfg.batch_size % (world * cfg.grad_accum):
             raise TrainingError(f"train.batch_size={cfg.batch_size} must be divisible by processes ({world}) "

@@ -25,6 +25,14 @@ def init_prompt_vectors(cfg: PromptConfig, embeddings: nn.Embedding, tokenizer=N
         if ids.numel() == 0:
             raise ValueError(f"prompt.init_text {cfg.init_text!r} tokenises to nothing")
         ids = ids.repeat((l + ids.numel() - 1) // ids.numel())[:l]
+    elif cfg.init == PromptInit.PROMPTS:
+        from .io import load_prompt
+
+        prompts = [load_prompt(p, dim=d, kind="soft")[0]["prompt"] for p in cfg.init_from]
+        if any(p.shape[0] != l for p in prompts):
+            raise ValueError(f"prompt.init_from: prompts have lengths {[p.shape[0] for p in prompts]}, "
+                             f"prompt.length is {l}")
+        return torch.stack(prompts).mean(0)
     else:
         return torch.randn(l, d, generator=generator) * table.std()
     # Go through the module so embedding-side scaling (Gemma 3) is applied as for real text.

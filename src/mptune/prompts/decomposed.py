@@ -1,0 +1,103 @@
+"""MPT's decomposed prompt: P_k = P* ∘ (u_k v_k)  (Wang et al., 2023, eq. 1).
+
+shared P* [l, d] is common to all tasks; each task k owns u_k [l, r] and
+v_k [r, d] (rank r, 1 in the paper), so a task costs r·(l + d) parameters.
+forward() returns the whole table [K, l, d]; the backbone gathers each row's
+task, so a batch mixing tasks is one pass.
+
+Initialisation (documented defaults):
+* u = 1 and v = 1/r, so u_k v_k is exactly the all-ones matrix and a fresh
+  prompt starts exactly at P* (not near 0, as a random low-rank update would).
+* `noise` > 0 adds N(0, noise) to u and v (PEFT uses N(1, 0.02)-style init).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .io import PromptMeta
+
+
+class DecomposedPrompt(nn.Module):
+    def __init__(self, shared: torch.Tensor, tasks: Sequence[str], rank: int = 1,
+                 task_u: Optional[torch.Tensor] = None, task_v: Optional[torch.Tensor] = None,
+                 noise: float = 0.0, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        l, d = shared.shape
+        K = len(tasks)
+        if K < 1:
+            raise ValueError("a decomposed prompt needs at least one task")
+        if len(set(tasks)) != K:
+            raise ValueError(f"duplicate task names: {list(tasks)}")
+        if not 1 <= rank <= min(l, d):
+            raise ValueError(f"rank must be in [1, min(l, d)] = [1, {min(l, d)}], got {rank}")
+        self.tasks = list(tasks)
+        self.rank = rank
+        self.shared = nn.Parameter(shared.detach().clone().float())
+        if task_u is None:
+            task_u = torch.ones(K, l, rank)
+            if noise:
+                task_u = task_u + noise * torch.randn(K, l, rank, generator=generator)
+        if task_v is None:
+            task_v = torch.full((K, rank, d), 1.0 / rank)
+            if noise:
+                task_v = task_v + noise * torch.randn(K, rank, d, generator=generator)
+        if tuple(task_u.shape) != (K, l, rank) or tuple(task_v.shape) != (K, rank, d):
+            raise ValueError(f"task_u {tuple(task_u.shape)} / task_v {tuple(task_v.shape)} do not fit "
+                             f"K={K}, l={l}, r={rank}, d={d}")
+        self.task_u = nn.Parameter(task_u.detach().clone().float())
+        self.task_v = nn.Parameter(task_v.detach().clone().float())
+
+    @property
+    def length(self) -> int:
+        return self.shared.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.shared.shape[1]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    def task_matrices(self) -> torch.Tensor:
+        """u_k v_k for every task: [K, l, d]."""
+        return torch.bmm(self.task_u, self.task_v)
+
+    def forward(self) -> torch.Tensor:
+        """The prompt table [K, l, d]."""
+        return self.shared.unsqueeze(0) * self.task_matrices()
+
+    def task_index(self, name: str) -> int:
+        try:
+            return self.tasks.index(name)
+        except ValueError:
+            raise KeyError(f"task {name!r} is not in this prompt; it holds {self.tasks}") from None
+
+    def param_groups(self, lr_shared: float, lr_task: float, freeze_shared: bool = False) -> list[dict]:
+        """Separate learning rates for P* and for (u, v); P* optionally frozen."""
+        self.shared.requires_grad_(not freeze_shared)
+        groups = [{"params": [self.task_u, self.task_v], "lr": lr_task}]
+        if not freeze_shared:
+            groups.insert(0, {"params": [self.shared], "lr": lr_shared})
+        return groups
+
+    def trainable_per_task(self) -> int:
+        """l·d + r·(l + d) for one task: the paper's per-task parameter count."""
+        return self.length * self.dim + self.rank * (self.length + self.dim)
+
+    # -- files ---------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"shared": self.shared.detach().cpu().contiguous(), "task_u": self.task_u.detach().cpu().contiguous(),
+                "task_v": self.task_v.detach().cpu().contiguous()}
+
+    def meta(self, backbone: str) -> PromptMeta:
+        return PromptMeta(kind="decomposed", backbone=backbone, length=self.length, dim=self.dim,
+                          tasks=list(self.tasks), rank=self.rank)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: PromptMeta) -> "DecomposedPrompt":
+        return cls(tensors["shared"], meta.tasks, meta.rank, tensors["task_u"], tensors["task_v"])

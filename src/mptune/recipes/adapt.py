@@ -1,0 +1,157 @@
+"""Recipe: MPT target adaptation (Wang et al., 2023, §3.3).
+
+A target prompt starts from the source stage's shared prompt P* and learns its
+own multiplicative low-rank update: P_t = P* ∘ (u_t v_t), with P*, u_t, v_t all
+trained (separate learning rates; P* optionally frozen). One task = single
+target; several tasks = "MPT*": the group shares one P*, each task has its own
+u, v, trained together with task sampling. Few-shot runs set data.few_shot_k.
+
+Initialisation: u v = 1, so step 0 is exactly P* (init=shared), or exactly
+P* ∘ mean_k(u_k v_k) of the source tasks (init=shared_times_mean_task, folded
+into P*). Without a source folder, P* comes from vocabulary embeddings (the
+"decomposed prompt without transfer" baseline).
+
+Reads: the distill stage folder (prompt.safetensors, config.yaml). Writes the
+same layout as distill: config.yaml, stage.json, prompt.safetensors, metrics.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+
+from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, TrainConfig, _check, load_yaml
+from ..data import collate
+from ..engine import Trainer
+from ..losses import TokenNLL
+from ..prompts import load_prompt
+from ..prompts.decomposed import DecomposedPrompt
+from ..prompts.io import save_prompt
+from ..prompts.soft import init_prompt_vectors
+from ..utils import atomic_write_json, seed_everything
+from . import common
+from .multitask import MultiTaskData, SamplingConfig, dev_average, final_metrics
+
+
+@dataclass
+class AdaptConfig:
+    """MPT target adaptation: start from P* and learn a multiplicative low-rank update per target task."""
+
+    tasks: list[str]
+    """Target task(s); several = one shared P* with per-task u, v (MPT*)."""
+    output_dir: str
+    """Stage folder to write."""
+    source: Optional[str] = None
+    """Distill stage folder (its prompt.safetensors gives P*); None = P* from vocabulary (no transfer)."""
+    model: Optional[ModelConfig] = None
+    """Backbone (default: the source folder's)."""
+    rank: Optional[int] = None
+    """Rank of u_t v_t (default: the source's rank, else 1)."""
+    init: Literal["shared", "shared_times_mean_task"] = "shared"
+    """Start at P*, or at P* ∘ (average source task matrix)."""
+    lr_shared: Optional[float] = None
+    """Learning rate of P* (default: train.lr)."""
+    lr_task: Optional[float] = None
+    """Learning rate of u, v (default: train.lr)."""
+    freeze_shared: bool = False
+    """Keep P* fixed and train only u, v."""
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """Used when there is no source: prompt length and vocab init."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Task sampling for multi-target training."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data source, tokenisation, few-shot k."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation."""
+    resume: bool = True
+    """Resume from the newest good checkpoint."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.tasks) >= 1, "tasks", "needs at least one target task")
+        for key in ("lr_shared", "lr_task"):
+            v = getattr(self, key)
+            _check(v is None or v > 0, key, f"must be > 0, got {v}")
+        if self.rank is not None:
+            _check(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
+        if self.model is None and self.source is None:
+            raise ConfigError("model: required when there is no source folder")
+
+
+def source_model(cfg: AdaptConfig) -> ModelConfig:
+    if cfg.model is not None:
+        return cfg.model
+    f = Path(cfg.source) / "config.yaml"
+    model = load_yaml(f).get("model") if f.is_file() else None
+    if not isinstance(model, dict):
+        raise ConfigError(f"model: not given and {f} names no model")
+    return ModelConfig(**model)
+
+
+def initial_prompt(cfg: AdaptConfig, backbone) -> DecomposedPrompt:
+    if cfg.source is None:
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        shared = init_prompt_vectors(cfg.prompt, backbone.model.get_input_embeddings(), backbone.tokenizer, g)
+        return DecomposedPrompt(shared, cfg.tasks, cfg.rank or 1)
+    tensors, meta = load_prompt(cfg.source, backbone=backbone.name, dim=backbone.hidden_size)
+    if meta.kind == "decomposed":
+        src = DecomposedPrompt.from_tensors(tensors, meta)
+        shared = src.shared.detach()
+        if cfg.init == "shared_times_mean_task":
+            shared = shared * src.task_matrices().detach().mean(0)
+        rank = cfg.rank or meta.rank
+    else:  # a soft prompt as P* (e.g. the no-decomposition ablation exported as soft)
+        shared, rank = tensors["prompt"], cfg.rank or 1
+    if rank > min(shared.shape):
+        raise ConfigError(f"rank: {rank} exceeds min(l, d) = {min(shared.shape)}")
+    return DecomposedPrompt(shared, cfg.tasks, rank)
+
+
+def run(cfg: AdaptConfig) -> dict:
+    # -- setup -------------------------------------------------------------
+    out = Path(cfg.output_dir)
+    seed_everything(cfg.train.seed)
+    acc = common.make_accelerator(cfg.train.mixed_precision)
+    cfg = dataclasses.replace(cfg, model=source_model(cfg))  # the folder records the backbone it used
+    backbone = common.setup_backbone(cfg.model, acc)
+    encoder = common.encoder_for(backbone, cfg.data)
+    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder)
+    prompt = initial_prompt(cfg, backbone).to(acc.device)
+    groups = prompt.param_groups(cfg.lr_shared or cfg.train.lr, cfg.lr_task or cfg.train.lr, cfg.freeze_shared)
+    nll = TokenNLL()
+
+    def make_batch(idx: list[int]) -> dict:
+        b = collate([data.features[i] for i in idx], backbone.kind, backbone.pad_id)
+        return {k: v.to(acc.device) for k, v in b.items()}
+
+    def loss_fn(batch: dict):
+        return nll(backbone(trainer.module(), batch)), {}
+
+    def dev_score():
+        return dev_average(backbone, trainer.module, data, encoder, cfg.train.eval_batch_size, acc,
+                           cfg.train.eval_limit)
+
+    # -- train -------------------------------------------------------------
+    trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,
+                      plan=data.plan(cfg.train.batch_size, cfg.train.seed, cfg.sampling), make_batch=make_batch,
+                      loss_fn=loss_fn, evaluate=dev_score, out_dir=out, resume=cfg.resume,
+                      desc=f"adapt {'+'.join(cfg.tasks)}")
+    result = trainer.fit()
+
+    # -- save --------------------------------------------------------------
+    best = DecomposedPrompt(result.best_tensors["shared"], cfg.tasks, prompt.rank, result.best_tensors["task_u"],
+                            result.best_tensors["task_v"]).to(acc.device)
+    metrics = {"tasks": final_metrics(backbone, best, data, encoder, cfg.data, cfg.train.eval_batch_size, acc, out),
+               "best_step": result.best_step, "dev_history": result.history,
+               "trainable_params_per_task": best.trainable_per_task(),
+               "trainable_params": sum(p.numel() for g in groups for p in g["params"]),
+               "backbone_params": common.backbone_params(backbone)}
+    if acc.is_main_process:
+        save_prompt(out / "prompt.safetensors", best.state_tensors(), best.meta(backbone.name))
+        atomic_write_json(out / "metrics.json", metrics)
+        common.write_stage(out, "adapt", cfg)
+    acc.wait_for_everyone()
+    return metrics

@@ -1,0 +1,181 @@
+"""Recipe: MPT source training — distil per-task teacher prompts into a shared
+prompt P* and rank-r task matrices (Wang et al., 2023, §3.2).
+
+    L = L_PLM + λ (L_logits + L_hidden)
+
+L_PLM is the task loss on the student's prompt P_k = P* ∘ (u_k v_k); L_logits is
+KL(teacher ‖ student) of the output distributions at the target positions with
+temperature T (T² scaled); L_hidden is the MSE between final-layer hidden states
+at the target positions (decoder for T5, the LM for causal models) — or, with
+distill.hidden_at=source, at the input text positions (the T5 encoder). Teachers
+are just another prompt table through the same frozen backbone, run without grad.
+Batches mix tasks (stochastic task sampling).
+
+Ablations in the same recipe: distill.weight=0 (no distillation, task loss only);
+decompose=false (one shared prompt for all sources: u, v frozen at 1).
+
+Reads: teachers_dir/<task>/ (prompt-tune stage folders). Writes: config.yaml,
+stage.json, prompt.safetensors (decomposed), metrics.json, predictions, log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+
+from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, TrainConfig, _check
+from ..data import collate
+from ..engine import Trainer
+from ..losses import HiddenMSE, LogitKL, TokenNLL
+from ..prompts.decomposed import DecomposedPrompt
+from ..prompts.io import save_prompt
+from ..prompts.soft import init_prompt_vectors
+from ..utils import atomic_write_json, seed_everything
+from . import common
+from .multitask import MultiTaskData, SamplingConfig, dev_average, final_metrics, teacher_table
+
+
+@dataclass
+class DistillLossConfig:
+    """The distillation terms."""
+
+    weight: float = 1.0
+    """λ in L_PLM + λ (L_logits + L_hidden); 0 = no distillation (ablation)."""
+    temperature: float = 1.0
+    """Softmax temperature T of L_logits (scaled by T²)."""
+    logits: bool = True
+    """Use L_logits (KL to the teacher's output distribution)."""
+    hidden: bool = True
+    """Use L_hidden (MSE to the teacher's hidden states)."""
+    hidden_at: Literal["target", "source"] = "target"
+    """Hidden states compared at the target positions (decoder/LM) or the input text positions (encoder)."""
+
+    def __post_init__(self) -> None:
+        _check(self.weight >= 0, "distill.weight", "must be >= 0")
+        _check(self.temperature > 0, "distill.temperature", "must be > 0")
+
+
+@dataclass
+class DistillConfig:
+    """MPT source training: distil teacher prompts into a shared prompt P* and per-task rank-r matrices."""
+
+    model: ModelConfig
+    """The frozen backbone (the teachers' backbone)."""
+    tasks: list[str]
+    """Source tasks (the paper: mnli, qnli, qqp, sst2, squad, record)."""
+    output_dir: str
+    """Stage folder to write."""
+    teachers_dir: Optional[str] = None
+    """Folder holding one prompt-tune folder per source task, named by task (needed unless distill.weight=0)."""
+    rank: int = 1
+    """Rank r of each task matrix u_k v_k."""
+    shared_init: Literal["teachers", "vocab"] = "teachers"
+    """P* starts as the teachers' average prompt, or from sampled vocabulary embeddings."""
+    decompose: bool = True
+    """False = ablation: one shared prompt for all sources (u, v frozen at 1)."""
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """Prompt length and vocab init (when not initialised from teachers)."""
+    distill: DistillLossConfig = field(default_factory=DistillLossConfig)
+    """Distillation loss."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Task sampling."""
+    lr_task: Optional[float] = None
+    """Learning rate of u, v (default: train.lr)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data source and tokenisation."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation."""
+    resume: bool = True
+    """Resume from the newest good checkpoint."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.tasks) >= 1, "tasks", "needs at least one source task")
+        _check(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
+        needs_teachers = self.distill.weight > 0 or self.shared_init == "teachers"
+        _check(self.teachers_dir is not None or not needs_teachers, "teachers_dir",
+               "is required when distill.weight > 0 or shared_init=teachers")
+        if self.lr_task is not None:
+            _check(self.lr_task > 0, "lr_task", "must be > 0")
+
+
+def run(cfg: DistillConfig) -> dict:
+    # -- setup -------------------------------------------------------------
+    out = Path(cfg.output_dir)
+    seed_everything(cfg.train.seed)
+    acc = common.make_accelerator(cfg.train.mixed_precision)
+    backbone = common.setup_backbone(cfg.model, acc)
+    encoder = common.encoder_for(backbone, cfg.data)
+    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder)
+    teachers = None
+    if cfg.teachers_dir is not None and (cfg.distill.weight > 0 or cfg.shared_init == "teachers"):
+        teachers = teacher_table(Path(cfg.teachers_dir), cfg.tasks, backbone).to(acc.device)
+    if cfg.shared_init == "teachers":
+        shared = teachers.mean(0).cpu()
+    else:
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        shared = init_prompt_vectors(cfg.prompt, backbone.model.get_input_embeddings(), backbone.tokenizer, g)
+    l = shared.shape[0]
+    if cfg.rank > min(l, backbone.hidden_size):
+        raise ConfigError(f"rank: {cfg.rank} exceeds min(l, d) = {min(l, backbone.hidden_size)}")
+    prompt = DecomposedPrompt(shared, cfg.tasks, cfg.rank).to(acc.device)
+    groups = prompt.param_groups(cfg.train.lr, cfg.lr_task or cfg.train.lr)
+    if not cfg.decompose:  # ablation: a single shared prompt
+        prompt.task_u.requires_grad_(False)
+        prompt.task_v.requires_grad_(False)
+        groups = [g for g in groups if g["params"][0] is prompt.shared]
+
+    nll, kl, mse = TokenNLL(), LogitKL(cfg.distill.temperature), HiddenMSE()
+    lam, use_logits, use_hidden = cfg.distill.weight, cfg.distill.logits, cfg.distill.hidden
+    distilling = teachers is not None and lam > 0 and (use_logits or use_hidden)
+
+    def make_batch(idx: list[int]) -> dict:
+        b = collate([data.features[i] for i in idx], backbone.kind, backbone.pad_id)
+        return {k: v.to(acc.device) for k, v in b.items()}
+
+    def loss_fn(batch: dict):
+        s = backbone(trainer.module(), batch, hidden=distilling and use_hidden)
+        plm = nll(s)
+        if not distilling:
+            return plm, {"plm": plm.mean().item()}
+        with torch.no_grad():
+            t = backbone(teachers, batch, hidden=use_hidden)
+        extra = torch.zeros_like(plm)
+        logs = {"plm": plm.mean().item()}
+        if use_logits:
+            lk = kl(s.logits, t.logits, s.labels)
+            extra, logs["kl"] = extra + lk, lk.mean().item()
+        if use_hidden:
+            if cfg.distill.hidden_at == "target":
+                lh = mse(s.hidden, t.hidden, s.labels)
+            else:  # input text positions; pads excluded through the mask
+                m = batch["attention_mask"].masked_fill(batch["attention_mask"] == 0, -100)
+                lh = mse(s.source_hidden, t.source_hidden, m)
+            extra, logs["hidden"] = extra + lh, lh.mean().item()
+        return plm + lam * extra, logs
+
+    def dev_score():
+        return dev_average(backbone, trainer.module, data, encoder, cfg.train.eval_batch_size, acc,
+                           cfg.train.eval_limit)
+
+    # -- train -------------------------------------------------------------
+    trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,
+                      plan=data.plan(cfg.train.batch_size, cfg.train.seed, cfg.sampling), make_batch=make_batch,
+                      loss_fn=loss_fn, evaluate=dev_score, out_dir=out, resume=cfg.resume, desc="distill")
+    result = trainer.fit()
+
+    # -- save --------------------------------------------------------------
+    best = DecomposedPrompt(result.best_tensors["shared"], cfg.tasks, cfg.rank, result.best_tensors["task_u"],
+                            result.best_tensors["task_v"]).to(acc.device)
+    metrics = {"tasks": final_metrics(backbone, best, data, encoder, cfg.data, cfg.train.eval_batch_size, acc, out),
+               "best_step": result.best_step, "dev_history": result.history,
+               "trainable_params": sum(p.numel() for g in groups for p in g["params"]),
+               "backbone_params": common.backbone_params(backbone)}
+    if acc.is_main_process:
+        save_prompt(out / "prompt.safetensors", best.state_tensors(), best.meta(backbone.name))
+        atomic_write_json(out / "metrics.json", metrics)
+        common.write_stage(out, "distill", cfg)
+    acc.wait_for_everyone()
+    return metrics

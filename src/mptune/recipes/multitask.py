@@ -1,0 +1,105 @@
+"""Pieces shared by the multi-task stages (distill, adapt): several tasks'
+features in one list, a task-mixing batch plan, and per-task evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import torch
+
+from ..config import ConfigError, DataConfig, _check
+from ..data import Feature, ShuffledBatches, TaskMixingBatches, TextEncoder
+from ..evaluation import evaluate
+from ..tasks import Example, Task, get_task
+from ..utils import atomic_write_jsonl
+from . import common
+
+
+@dataclass
+class SamplingConfig:
+    """How a batch draws on several tasks."""
+
+    mode: Literal["sample", "concat"] = "sample"
+    """sample: each step draws K tasks and fills the batch from them (the paper); concat: shuffle all tasks together."""
+    k_min: int = 2
+    """Fewest tasks per batch (capped at the number of tasks)."""
+    k_max: Optional[int] = None
+    """Most tasks per batch (default: all)."""
+    temperature: float = 1.0
+    """Task weights n_k^(1/T): 1 = size-proportional, large = uniform."""
+
+    def __post_init__(self) -> None:
+        _check(self.k_min >= 1, "sampling.k_min", "must be >= 1")
+        if self.k_max is not None:
+            _check(self.k_max >= self.k_min, "sampling.k_max", f"must be >= k_min ({self.k_min})")
+        _check(self.temperature > 0, "sampling.temperature", "must be > 0")
+
+
+@dataclass
+class MultiTaskData:
+    tasks: list[Task]
+    train: list[list[Example]]
+    dev: list[list[Example]]
+    features: list[Feature] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, names: Sequence[str], data: DataConfig, encoder: TextEncoder) -> "MultiTaskData":
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tasks: duplicate task names in {list(names)}")
+        tasks = [get_task(n) for n in names]
+        train = [common.train_examples(t, data) for t in tasks]
+        dev = [common.eval_examples(t, "dev", data) for t in tasks]
+        feats = [f for k, ex in enumerate(train) for f in common.features(ex, encoder, task_index=k)]
+        return cls(tasks, train, dev, feats)
+
+    def plan(self, batch_size: int, seed: int, sampling: SamplingConfig):
+        if sampling.mode == "concat" or len(self.tasks) == 1:
+            return ShuffledBatches(len(self.features), batch_size, seed)
+        return TaskMixingBatches([len(t) for t in self.train], batch_size, seed, sampling.k_min,
+                                 sampling.k_max, sampling.temperature)
+
+
+def dev_average(backbone, module, data: MultiTaskData, encoder: TextEncoder, batch_size: int, accelerator,
+                limit: Optional[int] = None) -> Optional[float]:
+    """Mean dev score over tasks: the number the best prompt is selected on."""
+    scores = []
+    for k, (task, dev) in enumerate(zip(data.tasks, data.dev)):
+        if dev:
+            ex = dev[:limit] if limit else dev
+            r = evaluate(backbone, module, task, ex, encoder, batch_size, task_index=k, accelerator=accelerator,
+                         progress=False)
+            scores.append(r.metrics["score"])
+    return sum(scores) / len(scores) if scores else None
+
+
+def final_metrics(backbone, module, data: MultiTaskData, encoder: TextEncoder, cfg_data: DataConfig,
+                  batch_size: int, accelerator, out: Path) -> dict[str, dict]:
+    """dev and test metrics per task; predictions written per task and split."""
+    result: dict[str, dict] = {}
+    for k, task in enumerate(data.tasks):
+        result[task.name] = {}
+        for split, ex in (("dev", data.dev[k]), ("test", common.eval_examples(task, "test", cfg_data))):
+            r = evaluate(backbone, module, task, ex, encoder, batch_size, task_index=k, accelerator=accelerator)
+            result[task.name][split] = r.metrics
+            if accelerator.is_main_process:
+                atomic_write_jsonl(out / f"predictions_{task.name}_{split}.jsonl", r.rows)
+    return result
+
+
+def teacher_table(teachers_dir: Path, names: Sequence[str], backbone) -> torch.Tensor:
+    """Stack the teachers' soft prompts [K, l, d] in task order, from teachers_dir/<task>/."""
+    from ..prompts import load_prompt
+
+    rows = []
+    for name in names:
+        folder = Path(teachers_dir) / name
+        tensors, meta = load_prompt(folder, backbone=backbone.name, dim=backbone.hidden_size, kind="soft")
+        if meta.tasks != [name]:
+            raise ConfigError(f"{folder}: teacher prompt is for {meta.tasks}, expected [{name!r}]")
+        rows.append(tensors["prompt"])
+    lengths = {r.shape[0] for r in rows}
+    if len(lengths) != 1:
+        raise ConfigError(f"teachers under {teachers_dir} have different prompt lengths {sorted(lengths)}")
+    return torch.stack(rows)
