@@ -189,7 +189,12 @@ class Task:
 
     def load(self, split: str, data_dir: str | os.PathLike | None = None, seed: int = 42,
              limit: int | None = None) -> list[Example]:
-        """Examples of a paper split (``train`` | ``dev`` | ``test``), see :mod:`splits`."""
+        """Examples of a paper split (``train`` | ``dev`` | ``test``), see :mod:`splits`.
+
+        ``seed`` drives the dev/test cut (42 = the paper's). ``limit`` keeps the
+        first ``limit`` examples of a derived (shuffled) split, or a seeded random
+        subset of a released one (ATTEMPT's ``n_obs``).
+        """
         if split not in PAPER_SPLITS:
             raise ValueError(f"split must be one of {PAPER_SPLITS}, got {split!r}")
         policy = self.resolved_split(data_dir)
@@ -270,8 +275,11 @@ class Task:
         policy = self.split if self.split != "auto" else self.resolved_split_known(raw_sizes)
         out = splits.paper_sizes(policy or "auto", raw_sizes, dict(self.split_map))
         if self.grouped and policy == "small":  # cut by question, not by row
-            dev, test = splits.cut(counted["validation"], None, 42) if "validation" in counted else (None, None)
-            out.update(dev=dev and len(dev), test=test and len(test))
+            if "validation" in counted:
+                dev, test = splits.cut(counted["validation"], None, 42)
+                out.update(dev=len(dev), test=len(test))
+            else:
+                out.update(dev=None, test=None)
         return out
 
     def source_label(self) -> str:
@@ -393,7 +401,7 @@ class Task:
                 ex.label = float(value)
                 if math.isnan(ex.label):
                     raise ValueError("label is NaN")
-                ex.target = f"{round(ex.label * 5) / 5:.1f}"  # T5: nearest 0.2, one decimal
+                ex.target = f"{round(ex.label * 5) / 5:.1f}"  # T5: nearest 0.2 (half to even), one decimal
                 return ex
             ex.label = self.label_id(value, choices, where)
             ex.target = (choices or self.label_words)[ex.label]
