@@ -32,20 +32,23 @@ class TasksConfig:
 
 
 def _commands() -> dict[str, tuple[type, Callable]]:
-    from .recipes import evaluate, prompt_tune
+    from .recipes import adapt, distill, evaluate, pipeline, prompt_tune
     from .recipes.tasks import list_tasks_cmd
 
     cmds = {
         "prompt-tune": (prompt_tune.PromptTuneConfig, prompt_tune.run),
+        "distill": (distill.DistillConfig, distill.run),
+        "adapt": (adapt.AdaptConfig, adapt.run),
+        "run": (pipeline.PipelineConfig, pipeline.run),
         "evaluate": (evaluate.EvaluateConfig, evaluate.run_evaluate),
         "predict": (evaluate.PredictConfig, evaluate.run_predict),
         "tasks": (TasksConfig, list_tasks_cmd),
     }
-    try:  # stages that arrive with the MPT recipes
-        from .recipes import registry as extra
+    try:
+        from .recipes import export_peft
 
-        cmds.update(extra.COMMANDS)
-    except ImportError:
+        cmds["export-peft"] = (export_peft.ExportPeftConfig, export_peft.run)
+    except ImportError:  # pragma: no cover - arrives with the PEFT exporter
         pass
     return cmds
 
