@@ -1,0 +1,76 @@
+"""The MPT pipeline end to end on tiny models: teachers -> distill -> adapt -> summary;
+completed stages are skipped on a rerun."""
+
+import json
+
+import pytest
+import yaml
+
+from mptune.cli import main
+from synthetic import write_all
+
+STEPS = {"max_steps": 3, "batch_size": 4, "eval_every": 3, "eval_limit": 4, "eval_batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_all(tmp_path_factory.mktemp("data"))
+
+
+def _pipeline(tmp_path, model_dir, data_dir, **kw):
+    cfg = {"model": {"name": str(model_dir)}, "sources": ["rte", "stsb"], "targets": ["rte", "stsb"],
+           "output_dir": str(tmp_path / "run"), "methods": ["pt", "spot", "mpt", "mpt_multi"], "seeds": [1],
+           "prompt": {"length": 4}, "data": {"data_dir": str(data_dir), "max_source_length": 40,
+                                             "max_target_length": 6},
+           "teacher_train": STEPS, "source_train": STEPS, "target_train": STEPS, **kw}
+    f = tmp_path / "pipeline.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    return f
+
+
+def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, data_dir, capsys):
+    f = _pipeline(tmp_path, tiny_model_dir, data_dir)
+    assert main(["run", str(f)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    full = summary["settings"]["full"]
+    assert set(full) == {"pt", "spot", "mpt", "mpt_multi"}
+    for method, row in full.items():
+        assert set(row["tasks"]) == {"rte", "stsb"} and row["average"]["mean"] == pytest.approx(
+            (row["tasks"]["rte"]["mean"] + row["tasks"]["stsb"]["mean"]) / 2)
+    l, d = 4, 32
+    assert full["pt"]["params_per_task"] == l * d
+    assert full["mpt"]["params_per_task"] == l * d + (l + d)
+    assert (run / "summary.md").read_text().startswith("### Target tasks")
+    for stage in ("teachers/rte", "teachers/stsb", "source/mpt", "targets/full/mpt/seed-1/rte"):
+        assert (run / stage / "stage.json").is_file() and (run / stage / "config.yaml").is_file()
+    # the distilled prompt file is decomposed with the sources in order
+    from mptune.prompts import load_prompt
+
+    tensors, meta = load_prompt(run / "source/mpt")
+    assert meta.kind == "decomposed" and meta.tasks == ["rte", "stsb"] and tensors["task_u"].shape == (2, l, 1)
+    capsys.readouterr()
+    assert main(["run", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[skip]") == 2 + 1 + 2 * 3 + 1  # teachers, source, pt/spot/mpt per target, mpt_multi
+
+
+def test_ablations_and_few_shot(tmp_path, tiny_llama_dir, data_dir):
+    f = _pipeline(tmp_path, tiny_llama_dir, data_dir, targets=["rte"], methods=["mpt_no_distill", "mpt_no_decomp"],
+                  seeds=[1, 2], few_shot_k=[2], full_data=False)
+    assert main(["run", str(f)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["settings"]) == {"k=2"}
+    assert set(summary["settings"]["k=2"]["mpt_no_distill"]["tasks"]["rte"]["per_seed"]) == {"1", "2"}
+    no_distill = yaml.safe_load((run / "source/no_distill/config.yaml").read_text())
+    assert no_distill["distill"]["weight"] == 0.0
+    no_decomp = yaml.safe_load((run / "source/no_decomp/config.yaml").read_text())
+    assert no_decomp["decompose"] is False
+    from mptune.prompts import load_prompt
+
+    t, _ = load_prompt(run / "source/no_decomp")
+    assert (t["task_u"] == 1).all() and (t["task_v"] == 1).all()  # u, v never trained
+    # few-shot: 2 per class
+    m = json.loads((run / "targets/k2/mpt_no_distill/seed-1/rte/metrics.json").read_text())
+    assert m["tasks"]["rte"]["test"]["score"] >= 0
