@@ -22,7 +22,7 @@ def _checksum(model_dir):
 
 
 COMMON = ["prompt.length=4", "train.batch_size=4", "train.eval_every=2", "train.eval_limit=6",
-          "data.max_source_length=48", "data.max_target_length=8", "train.lr=0.3", "train.log_every=1"]
+          "data.max_source_length=48", "data.max_target_length=8", "data.eval_limit=12", "train.lr=0.3", "train.log_every=1"]
 
 
 @pytest.mark.parametrize("task", ["rte", "stsb", "squad"])
@@ -43,7 +43,7 @@ def test_prompt_tune_evaluate_predict(tmp_path, tiny_model_dir, data_dir, task, 
     assert [r["step"] for r in logs if "loss" in r] == [1, 2, 3, 4]
 
     # reload + evaluate gives the same test metrics as the end of training
-    assert main(["evaluate", f"prompt={out}", "split=test", f"data.data_dir={data_dir}"]) == 0
+    assert main(["evaluate", f"prompt={out}", "split=test", f"data.data_dir={data_dir}", "data.eval_limit=12"]) == 0
     ev = json.loads((out / f"eval-{task}-test" / "metrics.json").read_text())
     assert ev["metrics"] == pytest.approx(metrics["test"])
 

@@ -21,7 +21,7 @@ def _pipeline(tmp_path, model_dir, data_dir, **kw):
     cfg = {"model": {"name": str(model_dir)}, "sources": ["rte", "stsb"], "targets": ["rte", "stsb"],
            "output_dir": str(tmp_path / "run"), "methods": ["pt", "spot", "mpt", "mpt_multi"], "seeds": [1],
            "prompt": {"length": 4}, "data": {"data_dir": str(data_dir), "max_source_length": 40,
-                                             "max_target_length": 6},
+                                             "max_target_length": 6, "eval_limit": 8},
            "teacher_train": STEPS, "source_train": STEPS, "target_train": STEPS, **kw}
     f = tmp_path / "pipeline.yaml"
     f.write_text(yaml.safe_dump(cfg))

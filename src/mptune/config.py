@@ -50,6 +50,9 @@ class ModelConfig:
     """Attention kernel passed to transformers (e.g. sdpa, eager); None = transformers' default."""
     gradient_checkpointing: bool = False
     """Recompute backbone activations in backward to save memory."""
+    fast_prefix: bool = True
+    """Decoder-only backbones: compute the prompt's keys/values once per task in the batch and reuse them as a
+    shared prefix (same results as the plain path, much cheaper); false = the plain path (debugging)."""
     trust_remote_code: bool = False
     """Allow model code from the Hub (off by default)."""
 
@@ -95,9 +98,11 @@ class DataConfig:
     train_limit: Optional[int] = None
     """Use at most this many training examples (after shuffling with data.seed)."""
     few_shot_k: Optional[int] = None
-    """Few-shot: k training examples per class (k in total for non-classification tasks)."""
+    """Few-shot: k training examples per class (k in total for non-classification tasks), sampled with train.seed."""
+    eval_limit: Optional[int] = None
+    """Use at most this many dev and test examples (a seeded subset; None = all)."""
     seed: int = 42
-    """Seed for paper splits, few-shot sampling and subsetting."""
+    """Seed of the paper splits (42 reproduces the ATTEMPT/MPT dev/test cuts); keep it fixed across runs."""
 
     def __post_init__(self) -> None:
         _check(self.max_source_length >= 1, "data.max_source_length", "must be >= 1")
@@ -106,6 +111,8 @@ class DataConfig:
             _check(self.train_limit >= 1, "data.train_limit", "must be >= 1")
         if self.few_shot_k is not None:
             _check(self.few_shot_k >= 1, "data.few_shot_k", "must be >= 1")
+        if self.eval_limit is not None:
+            _check(self.eval_limit >= 1, "data.eval_limit", "must be >= 1")
 
     def resolved_data_dir(self) -> Optional[str]:
         return self.data_dir or os.environ.get("MPTUNE_DATA_DIR") or None

@@ -118,7 +118,7 @@ def run(cfg: AdaptConfig) -> dict:
     cfg = dataclasses.replace(cfg, model=source_model(cfg))  # the folder records the backbone it used
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
-    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder)
+    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train.seed)
     prompt = initial_prompt(cfg, backbone).to(acc.device)
     groups = prompt.param_groups(cfg.lr_shared or cfg.train.lr, cfg.lr_task or cfg.train.lr, cfg.freeze_shared)
     nll = TokenNLL()

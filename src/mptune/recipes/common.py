@@ -30,6 +30,11 @@ def make_accelerator(mixed_precision: str = "no"):
 def setup_backbone(cfg: ModelConfig, accelerator) -> Backbone:
     backbone = load_backbone(cfg)
     backbone.model.to(accelerator.device)
+    from ..engine import shard_frozen_backbone, sharding_requested
+
+    if sharding_requested(accelerator):  # FSDP config: frozen blocks sharded, prompt replicated
+        shard_frozen_backbone(backbone.model, accelerator)
+        backbone.fast_prefix = False  # its prompt-only pass and own decode loop bypass FSDP's hooks and sync
     return backbone
 
 
@@ -37,20 +42,21 @@ def encoder_for(backbone: Backbone, data: DataConfig) -> TextEncoder:
     return TextEncoder(backbone.tokenizer, backbone.kind, data.max_source_length, data.max_target_length)
 
 
-def train_examples(task: Task, data: DataConfig) -> list[Example]:
-    """The paper's train split, optionally few-shot (k per class) or subsampled, seeded."""
+def train_examples(task: Task, data: DataConfig, sample_seed: int) -> list[Example]:
+    """The paper's train split (cut with data.seed), optionally few-shot (k per class) or
+    subsampled with `sample_seed` (the run's seed: few-shot results vary over it)."""
     examples = task.load("train", data_dir=data.resolved_data_dir(), seed=data.seed)
     if data.few_shot_k:
-        examples = few_shot(examples, data.few_shot_k, data.seed)
+        examples = few_shot(examples, data.few_shot_k, sample_seed)
     if data.train_limit and len(examples) > data.train_limit:
-        rng = random.Random(data.seed)
-        examples = rng.sample(examples, data.train_limit)
+        examples = random.Random(sample_seed).sample(examples, data.train_limit)
     return examples
 
 
 def eval_examples(task: Task, split: str, data: DataConfig, limit: Optional[int] = None) -> list[Example]:
-    examples = task.load(split, data_dir=data.resolved_data_dir(), seed=data.seed)
-    return examples[:limit] if limit else examples
+    """A paper split for evaluation, at most `limit` (else data.eval_limit) examples."""
+    limit = limit or data.eval_limit
+    return task.load(split, data_dir=data.resolved_data_dir(), seed=data.seed, limit=limit)
 
 
 def features(examples: Sequence[Example], encoder: TextEncoder, task_index: int = 0) -> list[Feature]:

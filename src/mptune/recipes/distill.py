@@ -52,10 +52,17 @@ class DistillLossConfig:
     """Use L_hidden (MSE to the teacher's hidden states)."""
     hidden_at: Literal["target", "source"] = "target"
     """Hidden states compared at the target positions (decoder/LM) or the input text positions (encoder)."""
+    teacher_cache: bool = True
+    """Compute the teachers' target-position outputs once per example and keep them memory-mapped in
+    <output_dir>/teacher_cache (not recomputed each epoch); false = run the teachers live every step.
+    Not used with hidden_at=source."""
+    teacher_topk: int = 64
+    """Teacher log-probs cached per target token: the top-k plus the remaining mass (0 or >= vocab: all)."""
 
     def __post_init__(self) -> None:
         _check(self.weight >= 0, "distill.weight", "must be >= 0")
         _check(self.temperature > 0, "distill.temperature", "must be > 0")
+        _check(self.teacher_topk >= 0, "distill.teacher_topk", "must be >= 0 (0 = the whole vocabulary)")
 
 
 @dataclass
@@ -108,7 +115,7 @@ def run(cfg: DistillConfig) -> dict:
     acc = common.make_accelerator(cfg.train.mixed_precision)
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
-    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder)
+    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train.seed)
     teachers = None
     if cfg.teachers_dir is not None and (cfg.distill.weight > 0 or cfg.shared_init == "teachers"):
         teachers = teacher_table(Path(cfg.teachers_dir), cfg.tasks, backbone).to(acc.device)
@@ -131,9 +138,17 @@ def run(cfg: DistillConfig) -> dict:
     lam, use_logits, use_hidden = cfg.distill.weight, cfg.distill.logits, cfg.distill.hidden
     distilling = teachers is not None and lam > 0 and (use_logits or use_hidden)
 
+    tcache = None
+    if distilling and cfg.distill.teacher_cache and not (use_hidden and cfg.distill.hidden_at == "source"):
+        from ..teacher_cache import open_for_distillation
+
+        tcache = open_for_distillation(out / "teacher_cache", data.features, teachers, backbone,
+                                       topk=cfg.distill.teacher_topk, temperature=cfg.distill.temperature,
+                                       logits=use_logits, hidden=use_hidden, accelerator=acc)
+
     def make_batch(idx: list[int]) -> dict:
         b = collate([data.features[i] for i in idx], backbone.kind, backbone.pad_id)
-        return {k: v.to(acc.device) for k, v in b.items()}
+        return {**{k: v.to(acc.device) for k, v in b.items()}, "example_index": idx}
 
     def loss_fn(batch: dict):
         s = backbone(trainer.module(), batch, hidden=distilling and use_hidden)
@@ -141,11 +156,14 @@ def run(cfg: DistillConfig) -> dict:
         if not distilling:
             return plm, {"plm": plm.mean().item()}
         with torch.no_grad():
-            t = backbone(teachers, batch, hidden=use_hidden)
+            if tcache is not None:  # computed once per example, then read from disk
+                t = tcache.lookup(batch["example_index"], batch, lambda b: backbone(teachers, b, hidden=use_hidden))
+            else:
+                t = backbone(teachers, batch, hidden=use_hidden)
         extra = torch.zeros_like(plm)
         logs = {"plm": plm.mean().item()}
         if use_logits:
-            lk = kl(s.logits, t.logits, s.labels)
+            lk = tcache.kl(s.logits, t, s.labels) if tcache is not None else kl(s.logits, t.logits, s.labels)
             extra, logs["kl"] = extra + lk, lk.mean().item()
         if use_hidden:
             if cfg.distill.hidden_at == "target":
@@ -165,6 +183,8 @@ def run(cfg: DistillConfig) -> dict:
                       plan=data.plan(cfg.train.batch_size, cfg.train.seed, cfg.sampling), make_batch=make_batch,
                       loss_fn=loss_fn, evaluate=dev_score, out_dir=out, resume=cfg.resume, desc="distill")
     result = trainer.fit()
+    if tcache is not None:
+        tcache.flush()
 
     # -- save --------------------------------------------------------------
     best = DecomposedPrompt(result.best_tensors["shared"], cfg.tasks, cfg.rank, result.best_tensors["task_u"],

@@ -45,11 +45,11 @@ class MultiTaskData:
     features: list[Feature] = field(default_factory=list)
 
     @classmethod
-    def load(cls, names: Sequence[str], data: DataConfig, encoder: TextEncoder) -> "MultiTaskData":
+    def load(cls, names: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
         if len(set(names)) != len(names):
             raise ConfigError(f"tasks: duplicate task names in {list(names)}")
         tasks = [get_task(n) for n in names]
-        train = [common.train_examples(t, data) for t in tasks]
+        train = [common.train_examples(t, data, sample_seed) for t in tasks]
         dev = [common.eval_examples(t, "dev", data) for t in tasks]
         feats = [f for k, ex in enumerate(train) for f in common.features(ex, encoder, task_index=k)]
         return cls(tasks, train, dev, feats)

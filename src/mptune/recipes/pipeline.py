@@ -129,9 +129,8 @@ def run(cfg: PipelineConfig) -> dict:
         data = cfg.data if setting == "full" else dataclasses.replace(cfg.data, few_shot_k=int(setting[2:]))
         for seed in cfg.seeds:
             train = dataclasses.replace(cfg.target_train, seed=seed)
-            data_s = dataclasses.replace(data, seed=seed) if setting != "full" else data
-            for method in cfg.methods:
-                runs += _targets(cfg, method, setting, seed, data_s, train, out)
+            for method in cfg.methods:  # splits stay fixed (data.seed); the seed varies init, order, few-shot draw
+                runs += _targets(cfg, method, setting, seed, data, train, out)
     summary = summarize(cfg, runs)
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", summary["markdown"])

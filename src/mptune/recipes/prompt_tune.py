@@ -52,7 +52,7 @@ def run(cfg: PromptTuneConfig) -> dict:
     task = get_task(cfg.task)
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
-    train = common.train_examples(task, cfg.data)
+    train = common.train_examples(task, cfg.data, cfg.train.seed)
     dev = common.eval_examples(task, "dev", cfg.data)
     feats = common.features(train, encoder)
 
