@@ -22,7 +22,7 @@ def test_text_init_repeats_the_text_tokens():
             return {"input_ids": [3, 4]}
 
     emb = nn.Embedding(10, 4)
-    v = init_prompt_vectors(PromptConfig(length=5, init=PromptInit.TEXT, init_text="x"), emb, Tok())
+    v = init_prompt_vectors(PromptConfig(length=5, init=PromptInit.text, init_text="x"), emb, Tok())
     torch.testing.assert_close(v, emb.weight.detach()[[3, 4, 3, 4, 3]])
 
 

@@ -30,10 +30,11 @@ def _check(cond: bool, key: str, msg: str) -> None:
 class PromptInit(str, Enum):
     """How a soft prompt's vectors start."""
 
-    VOCAB = "vocab"  # embeddings of tokens sampled from the first `init_vocab_size` ids (paper)
-    TEXT = "text"  # embeddings of `init_text`, repeated to length l
-    RANDOM = "random"  # normal noise with the embedding table's std
-    PROMPTS = "prompts"  # average of saved soft prompts (SPoT-style transfer)
+    # Member names equal their values, so YAML/CLI spell them the same way (jsonargparse parses names).
+    vocab = "vocab"  # embeddings of tokens sampled from the first `init_vocab_size` ids (paper)
+    text = "text"  # embeddings of `init_text`, repeated to length l
+    random = "random"  # normal noise with the embedding table's std
+    prompts = "prompts"  # average of saved soft prompts (SPoT-style transfer)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class PromptConfig:
 
     length: int = 100
     """Number of virtual tokens l (the paper uses 100)."""
-    init: PromptInit = PromptInit.VOCAB
+    init: PromptInit = PromptInit.vocab
     """Initialisation: vocab (sampled token embeddings, the paper's setup), text, or random."""
     init_text: Optional[str] = None
     """Text whose token embeddings start the prompt (init=text)."""
@@ -79,9 +80,9 @@ class PromptConfig:
         self.init = PromptInit(self.init)
         _check(self.length >= 1, "prompt.length", f"must be >= 1, got {self.length}")
         _check(self.init_vocab_size >= 1, "prompt.init_vocab_size", "must be >= 1")
-        if self.init == PromptInit.TEXT:
+        if self.init == PromptInit.text:
             _check(bool(self.init_text), "prompt.init_text", "is required when prompt.init=text")
-        if self.init == PromptInit.PROMPTS:
+        if self.init == PromptInit.prompts:
             _check(bool(self.init_from), "prompt.init_from", "needs at least one prompt when prompt.init=prompts")
 
 

@@ -15,17 +15,17 @@ def init_prompt_vectors(cfg: PromptConfig, embeddings: nn.Embedding, tokenizer=N
     """Starting vectors [l, d] in the space the model's ``inputs_embeds`` live in."""
     table = embeddings.weight.detach().float().cpu()
     l, (vocab, d) = cfg.length, table.shape
-    if cfg.init == PromptInit.VOCAB:
+    if cfg.init == PromptInit.vocab:
         # The paper: embeddings of tokens sampled from the 5,000 most common ids.
         ids = torch.randint(0, min(cfg.init_vocab_size, vocab), (l,), generator=generator)
-    elif cfg.init == PromptInit.TEXT:
+    elif cfg.init == PromptInit.text:
         if tokenizer is None:
             raise ValueError("prompt.init=text needs the backbone's tokenizer")
         ids = torch.tensor(tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         if ids.numel() == 0:
             raise ValueError(f"prompt.init_text {cfg.init_text!r} tokenises to nothing")
         ids = ids.repeat((l + ids.numel() - 1) // ids.numel())[:l]
-    elif cfg.init == PromptInit.PROMPTS:
+    elif cfg.init == PromptInit.prompts:
         from .io import load_prompt
 
         prompts = [load_prompt(p, dim=d, kind="soft")[0]["prompt"] for p in cfg.init_from]

@@ -154,7 +154,7 @@ def _targets(cfg: PipelineConfig, method: str, setting: str, seed: int, data: Da
         for task in cfg.targets:
             prompt = cfg.prompt
             if method == "spot":
-                prompt = dataclasses.replace(cfg.prompt, init=PromptInit.PROMPTS,
+                prompt = dataclasses.replace(cfg.prompt, init=PromptInit.prompts,
                                              init_from=[str(out / "teachers" / s) for s in cfg.sources])
             folder = base / task
             _stage(folder, "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
