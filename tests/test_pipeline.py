@@ -56,7 +56,8 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, data_dir,
 
 
 def test_ablations_and_few_shot(tmp_path, tiny_llama_dir, data_dir):
-    f = _pipeline(tmp_path, tiny_llama_dir, data_dir, targets=["rte"], methods=["mpt_no_distill", "mpt_no_decomp"],
+    f = _pipeline(tmp_path, tiny_llama_dir, data_dir, targets=["rte"], methods=["spot", "mpt_no_distill", "mpt_no_decomp"],
+                  spot_source="stsb",
                   seeds=[1, 2], few_shot_k=[2], full_data=False)
     assert main(["run", str(f)]) == 0
     run = tmp_path / "run"
@@ -71,6 +72,8 @@ def test_ablations_and_few_shot(tmp_path, tiny_llama_dir, data_dir):
 
     t, _ = load_prompt(run / "source/no_decomp")
     assert (t["task_u"] == 1).all() and (t["task_v"] == 1).all()  # u, v never trained
+    spot = yaml.safe_load((run / "targets/k2/spot/seed-1/rte/config.yaml").read_text())
+    assert spot["prompt"]["init"] == "prompts" and spot["prompt"]["init_from"] == [str(run / "teachers/stsb")]
     # few-shot: 2 per class
     m = json.loads((run / "targets/k2/mpt_no_distill/seed-1/rte/metrics.json").read_text())
     assert m["tasks"]["rte"]["test"]["score"] >= 0

@@ -10,7 +10,7 @@ stages whose folder is complete (stage.json) and resumes unfinished ones from
 their checkpoints. Methods (all with the same data, steps and evaluation):
 
   pt              vanilla prompt tuning from sampled vocabulary (Lester et al.)
-  spot            prompt tuning started from the teachers' average prompt (SPoT-style)
+  spot            prompt tuning started from the teachers' average prompt, or one teacher's (SPoT-style)
   mpt             MPT: adapt P* ∘ (u v) from the distilled source prompt
   mpt_multi       MPT*: all targets share one P*, each with its own u, v
   mpt_no_distill  ablation: source training with the task loss only (λ = 0)
@@ -69,6 +69,8 @@ class PipelineConfig:
     """Also run few-shot targets with k examples per class for each k (empty: full data only)."""
     full_data: bool = True
     """Run full-data targets (set false for a few-shot-only run)."""
+    spot_source: Optional[str] = None
+    """SPoT baseline: start from this source task's teacher (default: the average of all teachers)."""
     rank: int = 1
     """Rank of the task matrices."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -95,6 +97,8 @@ class PipelineConfig:
         _check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
         _check(all(k >= 1 for k in self.few_shot_k), "few_shot_k", "values must be >= 1")
         _check(self.full_data or bool(self.few_shot_k), "full_data", "false needs few_shot_k")
+        if self.spot_source is not None:
+            _check(self.spot_source in self.sources, "spot_source", f"must be one of sources {self.sources}")
 
 
 @dataclass
@@ -155,7 +159,8 @@ def _targets(cfg: PipelineConfig, method: str, setting: str, seed: int, data: Da
             prompt = cfg.prompt
             if method == "spot":
                 prompt = dataclasses.replace(cfg.prompt, init=PromptInit.prompts,
-                                             init_from=[str(out / "teachers" / s) for s in cfg.sources])
+                                             init_from=[str(out / "teachers" / s)
+                                                        for s in ([cfg.spot_source] if cfg.spot_source else cfg.sources)])
             folder = base / task
             _stage(folder, "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
                 model=cfg.model, task=task, output_dir=str(folder), prompt=prompt, data=data, train=train))
