@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .data import Feature, TextEncoder, collate_choices, collate_source
+from .engine import is_sharded
 from .tasks import Example, Task, TaskKind
 
 
@@ -35,14 +36,20 @@ def predict(backbone: Backbone, prompts: Callable[[], torch.Tensor], task: Task,
     """Predictions for `examples` (in order). `prompts()` returns the prompt table [T, l, d]."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = list(range(rank, len(examples), world))
+    run = mine
+    if world > 1 and examples and is_sharded(backbone.model):
+        # A sharded backbone runs collectives inside every forward: all processes must make the same
+        # number of passes, so short shards repeat an example whose prediction is then dropped.
+        per = -(-len(examples) // world)
+        run = mine + [mine[0] if mine else 0] * (per - len(mine))
     out: list = []
     max_new = max_new_tokens or encoder.max_target_length
     with torch.no_grad():
         table = prompts().detach()
-        bar = tqdm(range(0, len(mine), batch_size), desc=f"eval {task.name}", leave=False,
+        bar = tqdm(range(0, len(run), batch_size), desc=f"eval {task.name}", leave=False,
                    disable=not progress or rank != 0)
         for s in bar:
-            exs = [examples[i] for i in mine[s: s + batch_size]]
+            exs = [examples[i] for i in run[s: s + batch_size]]
             feats = [Feature(encoder.source(e.source), [], task_index) for e in exs]
             if task.kind == TaskKind.CLASSIFICATION:
                 choices = [task.choices(e) for e in exs]
@@ -54,13 +61,29 @@ def predict(backbone: Backbone, prompts: Callable[[], torch.Tensor], task: Task,
             else:
                 batch = collate_source(feats, backbone.kind, backbone.pad_id)
                 out += backbone.generate(table, _to(batch, backbone.device), max_new)
+    out = out[: len(mine)]
     if world > 1:
-        from accelerate.utils import gather_object
-
-        gathered = gather_object([(i, p) for i, p in zip(mine, out)])
-        order = dict(gathered)
-        out = [order[i] for i in range(len(examples))]
+        out = gather_in_order(mine, out, len(examples))
     return out
+
+
+def gather_in_order(mine: list[int], preds: list, n: int) -> list:
+    """Gather (index, prediction) pairs from every process and put them back in example order.
+
+    Checks that every index 0..n-1 arrives exactly once: a gap or a duplicate
+    (shards that overlap, or a process that dropped part of an uneven last
+    batch) is an error, never a silently wrong metric.
+    """
+    from accelerate.utils import gather_object
+
+    gathered = gather_object([(i, p) for i, p in zip(mine, preds)])
+    seen = sorted(i for i, _ in gathered)
+    if seen != list(range(n)):
+        dup = len(seen) - len(set(seen))
+        raise RuntimeError(f"distributed evaluation gathered {len(seen)} predictions for {n} examples "
+                           f"({dup} duplicated, {n - len(set(seen))} missing)")
+    order = dict(gathered)
+    return [order[i] for i in range(n)]
 
 
 def evaluate(backbone: Backbone, prompts: Callable[[], torch.Tensor], task: Task, examples: Sequence[Example],
