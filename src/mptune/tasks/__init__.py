@@ -23,7 +23,7 @@ from .base import Example, Source, Task, TaskKind
 from .readers import DataError
 from .registry import ALIASES, get_task, list_tasks, register_task, task_from_dict
 from .splits import few_shot
-from . import glue, superglue, qa, others  # noqa: F401,E402  (register the entries)
+from . import glue, superglue, qa, others, quickstart  # noqa: F401,E402  (register the entries)
 
 SOURCE_TASKS = ("mnli", "qnli", "qqp", "sst2", "squad", "record")
 BENCHMARKS = {
