@@ -30,11 +30,10 @@ from ..engine import Trainer
 from ..losses import TokenNLL
 from ..prompts import load_prompt
 from ..prompts.decomposed import DecomposedPrompt
-from ..prompts.io import save_prompt
 from ..prompts.soft import init_prompt_vectors
-from ..utils import atomic_write_json, seed_everything
+from ..utils import seed_everything
 from . import common
-from .multitask import MultiTaskData, SamplingConfig, dev_average, final_metrics
+from .multitask import MultiTaskData, SamplingConfig, dev_average, save_decomposed
 
 
 @dataclass
@@ -142,16 +141,4 @@ def run(cfg: AdaptConfig) -> dict:
     result = trainer.fit()
 
     # -- save --------------------------------------------------------------
-    best = DecomposedPrompt(result.best_tensors["shared"], cfg.tasks, prompt.rank, result.best_tensors["task_u"],
-                            result.best_tensors["task_v"]).to(acc.device)
-    metrics = {"tasks": final_metrics(backbone, best, data, encoder, cfg.data, cfg.train.eval_batch_size, acc, out),
-               "best_step": result.best_step, "dev_history": result.history,
-               "trainable_params_per_task": best.trainable_per_task(),
-               "trainable_params": sum(p.numel() for g in groups for p in g["params"]),
-               "backbone_params": common.backbone_params(backbone)}
-    if acc.is_main_process:
-        save_prompt(out / "prompt.safetensors", best.state_tensors(), best.meta(backbone.name))
-        atomic_write_json(out / "metrics.json", metrics)
-        common.write_stage(out, "adapt", cfg)
-    acc.wait_for_everyone()
-    return metrics
+    return save_decomposed("adapt", cfg, result, cfg.tasks, prompt.rank, groups, backbone, data, encoder, acc, out)

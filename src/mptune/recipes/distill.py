@@ -31,11 +31,10 @@ from ..data import collate
 from ..engine import Trainer
 from ..losses import HiddenMSE, LogitKL, TokenNLL
 from ..prompts.decomposed import DecomposedPrompt
-from ..prompts.io import save_prompt
 from ..prompts.soft import init_prompt_vectors
-from ..utils import atomic_write_json, seed_everything
+from ..utils import seed_everything
 from . import common
-from .multitask import MultiTaskData, SamplingConfig, dev_average, final_metrics, teacher_table
+from .multitask import MultiTaskData, SamplingConfig, dev_average, save_decomposed, teacher_table
 
 
 @dataclass
@@ -187,15 +186,4 @@ def run(cfg: DistillConfig) -> dict:
         tcache.flush()
 
     # -- save --------------------------------------------------------------
-    best = DecomposedPrompt(result.best_tensors["shared"], cfg.tasks, cfg.rank, result.best_tensors["task_u"],
-                            result.best_tensors["task_v"]).to(acc.device)
-    metrics = {"tasks": final_metrics(backbone, best, data, encoder, cfg.data, cfg.train.eval_batch_size, acc, out),
-               "best_step": result.best_step, "dev_history": result.history,
-               "trainable_params": sum(p.numel() for g in groups for p in g["params"]),
-               "backbone_params": common.backbone_params(backbone)}
-    if acc.is_main_process:
-        save_prompt(out / "prompt.safetensors", best.state_tensors(), best.meta(backbone.name))
-        atomic_write_json(out / "metrics.json", metrics)
-        common.write_stage(out, "distill", cfg)
-    acc.wait_for_everyone()
-    return metrics
+    return save_decomposed("distill", cfg, result, cfg.tasks, cfg.rank, groups, backbone, data, encoder, acc, out)

@@ -103,3 +103,26 @@ def teacher_table(teachers_dir: Path, names: Sequence[str], backbone) -> torch.T
     if len(lengths) != 1:
         raise ConfigError(f"teachers under {teachers_dir} have different prompt lengths {sorted(lengths)}")
     return torch.stack(rows)
+
+
+def save_decomposed(stage: str, cfg, result, tasks: Sequence[str], rank: int, groups: list[dict], backbone,
+                    data: MultiTaskData, encoder: TextEncoder, accelerator, out: Path) -> dict:
+    """Shared end of distill and adapt: rebuild the best prompt, test it per task, write the folder."""
+    from ..prompts.decomposed import DecomposedPrompt
+    from ..prompts.io import save_prompt
+    from ..utils import atomic_write_json
+
+    t = result.best_tensors
+    best = DecomposedPrompt(t["shared"], tasks, rank, t["task_u"], t["task_v"]).to(accelerator.device)
+    metrics = {"tasks": final_metrics(backbone, best, data, encoder, cfg.data, cfg.train.eval_batch_size,
+                                      accelerator, out),
+               "best_step": result.best_step, "dev_history": result.history,
+               "trainable_params_per_task": best.trainable_per_task(),
+               "trainable_params": sum(p.numel() for g in groups for p in g["params"]),
+               "backbone_params": common.backbone_params(backbone)}
+    if accelerator.is_main_process:
+        save_prompt(out / "prompt.safetensors", best.state_tensors(), best.meta(backbone.name))
+        atomic_write_json(out / "metrics.json", metrics)
+        common.write_stage(out, stage, cfg)
+    accelerator.wait_for_everyone()
+    return metrics

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, PromptInit, TrainConfig, _check
+from ..config import DataConfig, ModelConfig, PromptConfig, PromptInit, TrainConfig, _check
 from ..utils import atomic_write_json, atomic_write_text
 from . import adapt, common, distill, prompt_tune
 from .multitask import SamplingConfig
