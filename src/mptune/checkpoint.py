@@ -155,9 +155,12 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{path}: state.json is unreadable or truncated ({e})") from None
     if not isinstance(state, dict) or "tensors_sha256" not in state:
         raise CheckpointError(f"{path}: state.json is not an mptune checkpoint state")
+    version = state.get("format_version", 1)
+    if "state_sha256" not in state and version != 1:  # v2+ always carries it: a damaged key name
+        raise CheckpointError(f"{path}: state.json has no state_sha256 (corrupted)")
     if "state_sha256" in state and _state_digest(state) != state["state_sha256"]:
         raise CheckpointError(f"{path}: state.json fails its sha256 check (edited or corrupted)")
-    if int(state.get("format_version", 1)) > FORMAT_VERSION:
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {state['format_version']} is newer than this "
                               f"mptune ({FORMAT_VERSION})")
     tfile = path / "tensors.safetensors"

@@ -40,6 +40,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -85,13 +86,14 @@ def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
 # -- sharding the frozen backbone ----------------------------------------------
 
 def sharding_requested(accelerator) -> bool:
-    """Shard the frozen backbone? Under an accelerate FSDP config, or MPTUNE_SHARD_BACKBONE=1 (any backend)."""
+    """Shard the frozen backbone? Under an accelerate FSDP config (on CPU accelerate itself ignores
+    FSDP, but its launcher still sets ACCELERATE_USE_FSDP), or MPTUNE_SHARD_BACKBONE=1."""
     if accelerator is None or accelerator.num_processes < 2:
         return False
     from accelerate.utils import DistributedType
 
-    env = os.environ.get(SHARD_ENV, "").strip().lower() in {"1", "true", "yes"}
-    return env or accelerator.distributed_type == DistributedType.FSDP
+    on = lambda k: os.environ.get(k, "").strip().lower() in {"1", "true", "yes"}  # noqa: E731
+    return on(SHARD_ENV) or on("ACCELERATE_USE_FSDP") or accelerator.distributed_type == DistributedType.FSDP
 
 
 def check_distributed_type(accelerator) -> None:
@@ -353,7 +355,9 @@ class Trainer:
                 self._fail(f"non-finite loss ({total.item()})")
             norm, skipped = self._clip_and_step()
             if not skipped:  # an fp16 overflow skips the update; the schedule waits for a real one
-                self.sched.step()
+                with warnings.catch_warnings():  # accelerate's GradScaler swaps optimizer.step; harmless here
+                    warnings.filterwarnings("ignore", message=".*optimizer.step\\(\\)` has been overridden.*")
+                    self.sched.step()
             self.opt.zero_grad(set_to_none=True)
             self.step += 1
             post["loss"] = f"{total.item():.4f}"

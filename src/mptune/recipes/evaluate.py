@@ -41,6 +41,8 @@ class EvaluateConfig:
     """Examples per batch."""
     limit: Optional[int] = None
     """Evaluate only the first N examples."""
+    allow_pickle: bool = False
+    """Accept a pickle prompt file (.bin/.pt; can run code when loaded, so off by default); it is read with torch.load(weights_only=True)."""
 
 
 @dataclass
@@ -61,6 +63,8 @@ class PredictConfig:
     """Tokenisation limits."""
     batch_size: int = 32
     """Examples per batch."""
+    allow_pickle: bool = False
+    """Accept a pickle prompt file (.bin/.pt; can run code when loaded, so off by default); it is read with torch.load(weights_only=True)."""
 
 
 def _model_for(prompt: str, override: Optional[ModelConfig]) -> ModelConfig:
@@ -75,10 +79,11 @@ def _model_for(prompt: str, override: Optional[ModelConfig]) -> ModelConfig:
     raise ConfigError(f"model: no backbone given and {cfg_file} has none; pass model.name=...")
 
 
-def _setup(prompt: str, model: Optional[ModelConfig], task_name: Optional[str], data: DataConfig):
+def _setup(prompt: str, model: Optional[ModelConfig], task_name: Optional[str], data: DataConfig,
+           allow_pickle: bool = False):
     acc = common.make_accelerator()
     backbone = common.setup_backbone(_model_for(prompt, model), acc)
-    module, meta = load_prompt_module(prompt, backbone)
+    module, meta = load_prompt_module(prompt, backbone, allow_pickle=allow_pickle)
     name = task_name or (meta.tasks[0] if len(meta.tasks) == 1 else None)
     if name is None:
         raise ConfigError(f"task: the prompt holds tasks {meta.tasks}; choose one with task=...")
@@ -90,7 +95,7 @@ def _setup(prompt: str, model: Optional[ModelConfig], task_name: Optional[str], 
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
-    acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data)
+    acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data, cfg.allow_pickle)
     examples = common.eval_examples(task, cfg.split, cfg.data, cfg.limit)
     r = evaluate(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc)
     folder = Path(cfg.prompt) if Path(cfg.prompt).is_dir() else Path(cfg.prompt).parent
@@ -132,7 +137,7 @@ def read_predict_input(path: Path, task) -> list[Example]:
 
 
 def run_predict(cfg: PredictConfig) -> list[dict]:
-    acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data)
+    acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data, cfg.allow_pickle)
     examples = read_predict_input(Path(cfg.input), task)
     preds = predict(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc)
     rows = prediction_rows(task, examples, preds)
