@@ -216,6 +216,7 @@ def parse(cls: type, data: dict | None = None, overrides: list[str] | None = Non
     from .cli import parser_for, to_cli_args
 
     parser = parser_for(cls)
+    _precheck(cls, data or {}, "", source)
     try:
         ns = parser.parse_object(data or {})
         ns = parser.parse_args(to_cli_args(overrides or []), namespace=ns)
@@ -224,6 +225,29 @@ def parse(cls: type, data: dict | None = None, overrides: list[str] | None = Non
         raise
     except (Exception, SystemExit) as e:  # jsonargparse: ArgumentError / ValueError from __post_init__
         raise ConfigError(f"{source}: {e}") from None
+
+
+def _precheck(cls: type, data: Any, prefix: str, source: str) -> None:
+    """Shape errors jsonargparse reports poorly: a section that is not a mapping, a null
+    for a required value. Each names the key."""
+    import typing
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: expected a mapping of options, "
+                          f"got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp, value, key = hints[f.name], data[f.name], prefix + f.name
+        args = typing.get_args(tp)
+        optional = type(None) in args
+        inner = next((a for a in args if a is not type(None)), tp) if optional else tp
+        if value is None:
+            if not optional:
+                raise ConfigError(f"{source}: {key}: null is not allowed (expected {getattr(inner, '__name__', inner)})")
+        elif dataclasses.is_dataclass(inner):
+            _precheck(inner, value, key + ".", source)
 
 
 def instantiate(parser, ns, cls):

@@ -430,49 +430,50 @@ def test_rank_larger_than_min_l_d_is_refused(rank_args):
     tally("bad inputs: config impossible values / wrong types")
 
 
-# -- strict reproductions of the known gaps (turn into failures once fixed) ----------------
+# -- the gaps the fuzzing found, now fixed: each gives mptune's own error naming the place ----
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=KNOWN_GAPS[("OverflowError", "to_example")])
-def test_gap_regression_label_inf(tmp_path):
+def test_regression_label_inf_is_a_data_error(tmp_path):
     d = tmp_path / "glue" / "STS-B"
     d.mkdir(parents=True)
     (d / "train.tsv").write_text("sentence1\tsentence2\tscore\na\tb\tinf\n")
-    get_task("stsb").load_raw("train", tmp_path)
+    with pytest.raises(DataError, match=r"train.tsv:2.*finite"):
+        get_task("stsb").load_raw("train", tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=(AttributeError, TypeError), reason=KNOWN_GAPS[("AttributeError", "read_squad")])
 @pytest.mark.parametrize("doc", [{"data": [1]}, {"data": [{"paragraphs": 1}]}, {"data": [{"paragraphs": [1]}]},
                                  {"data": [{"paragraphs": [{"context": "c", "qas": [1]}]}]}])
-def test_gap_squad_non_object_entries(tmp_path, doc):
+def test_squad_non_object_entries_are_data_errors(tmp_path, doc):
     p = tmp_path / "x.json"
     p.write_text(json.dumps(doc))
-    read_squad(p)
+    with pytest.raises(DataError, match=r"x.json: data\[0\]"):
+        read_squad(p)
 
 
-@pytest.mark.xfail(strict=True, reason="config: a null for an int option fails inside __post_init__ with "
-                                       "\"'>=' not supported between NoneType and int\", not naming the key (config.py)")
-def test_gap_config_null_value_names_key():
+def test_large_task_with_too_few_train_rows_names_the_file(tmp_path):
+    d = tmp_path / "glue" / "SST-2"
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    with pytest.raises(DataError, match=r"SST-2/train.tsv has 1 training examples"):
+        get_task("sst2").load("train", tmp_path)
+
+
+def test_config_null_value_names_key():
     assert "train.batch_size" in _cfg_error({**BASE, "train": {"batch_size": None}})
 
 
-@pytest.mark.xfail(strict=True, reason="config: a list where a section (mapping) is expected gives an internal "
-                                       "jsonargparse message that does not name the section (config.py)")
-def test_gap_config_section_not_a_mapping_names_key():
-    assert "train" in _cfg_error({**BASE, "train": [1, 2]})
+def test_config_section_not_a_mapping_names_key():
+    assert "train: expected a mapping" in _cfg_error({**BASE, "train": [1, 2]})
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="adapt without a source: rank > min(l, d) escapes as the "
-                   "DecomposedPrompt ValueError (a traceback), not a ConfigError naming 'rank' (recipes/adapt.py "
-                   "initial_prompt checks only the source branch)")
-def test_gap_adapt_rank_without_source(rank_args):
+def test_adapt_rank_without_source_is_refused(rank_args):
     rc, err = _run_cli(["adapt", *rank_args, "rank=40"])
-    assert rc == 2 and "rank" in err
+    assert rc == 2 and "rank: 40 exceeds min(l, d) = 4" in err, err
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=KNOWN_GAPS[("UnicodeDecodeError", "read_predict_input")])
-def test_gap_predict_input_not_utf8(tmp_path):
+def test_predict_input_not_utf8_names_file_and_line(tmp_path):
     from mptune.recipes.evaluate import read_predict_input
 
     p = tmp_path / "in.jsonl"
-    p.write_bytes('{"source": "café"}\n'.encode("latin-1"))
-    read_predict_input(p, get_task("rte"))
+    p.write_bytes('{"source": "ok"}\n{"source": "café"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"in.jsonl:2: not valid UTF-8"):
+        read_predict_input(p, get_task("rte"))

@@ -94,6 +94,8 @@ def initial_prompt(cfg: AdaptConfig, backbone) -> DecomposedPrompt:
     if cfg.source is None:
         g = torch.Generator().manual_seed(cfg.train.seed)
         shared = init_prompt_vectors(cfg.prompt, backbone.model.get_input_embeddings(), backbone.tokenizer, g)
+        if (cfg.rank or 1) > min(shared.shape):
+            raise ConfigError(f"rank: {cfg.rank} exceeds min(l, d) = {min(shared.shape)}")
         return DecomposedPrompt(shared, cfg.tasks, cfg.rank or 1)
     tensors, meta = load_prompt(cfg.source, backbone=backbone.name, dim=backbone.hidden_size)
     if meta.kind == "decomposed":

@@ -111,26 +111,32 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 def read_predict_input(path: Path, task) -> list[Example]:
     """Rows with "source", or with the fields of the task's template."""
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DataError(f"input file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        line = Path(path).read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason}); save the file as UTF-8") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        if "source" in row:
+            source = str(row["source"])
+        else:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            if "source" in row:
-                source = str(row["source"])
-            else:
-                try:
-                    source = task.template.format(**row)
-                except (KeyError, IndexError) as e:
-                    raise DataError(f"{where}: missing field {e} needed by the template of task "
-                                    f"{task.name!r} ({task.template!r}); or give a 'source' field") from None
-            examples.append(Example(source=source, target="", uid=str(row.get("id", where)), task=task.name))
+                source = task.template.format(**row)
+            except (KeyError, IndexError) as e:
+                raise DataError(f"{where}: missing field {e} needed by the template of task "
+                                f"{task.name!r} ({task.template!r}); or give a 'source' field") from None
+        examples.append(Example(source=source, target="", uid=str(row.get("id", where)), task=task.name))
     if not examples:
         raise DataError(f"{path}: no rows")
     return examples

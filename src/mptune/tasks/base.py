@@ -211,7 +211,13 @@ class Task:
             if split == "test":
                 exs, derived = self.load_raw("validation", data_dir), False
             else:
-                dev, train = splits.cut(self.load_raw("train", data_dir), splits.LARGE_DEV_SIZE, seed)
+                raw = self.load_raw("train", data_dir)
+                if len(raw) <= splits.LARGE_DEV_SIZE:
+                    where = raw[0].uid.rsplit(":", 1)[0] if raw else "its train split"
+                    raise DataError(f"task {self.name}: {where} has {len(raw)} training examples; the paper split of "
+                                    f"this large dataset holds out {splits.LARGE_DEV_SIZE} of them as dev, so it "
+                                    "needs more (is the file truncated?)")
+                dev, train = splits.cut(raw, splits.LARGE_DEV_SIZE, seed)
                 exs = dev if split == "dev" else train
         if limit is not None:
             exs = exs[:limit] if derived else splits.subsample(exs, limit, seed)
@@ -399,8 +405,8 @@ class Task:
                 return ex
             if self.kind == TaskKind.REGRESSION:
                 ex.label = float(value)
-                if math.isnan(ex.label):
-                    raise ValueError("label is NaN")
+                if not math.isfinite(ex.label):
+                    raise ValueError(f"label {value!r} is not a finite number")
                 ex.target = f"{round(ex.label * 5) / 5:.1f}"  # T5: nearest 0.2 (half to even), one decimal
                 return ex
             ex.label = self.label_id(value, choices, where)

@@ -140,10 +140,21 @@ def read_squad(path: str | os.PathLike) -> Rows:
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise DataError(f"{path}:1: expected a SQuAD document {{'data': [articles]}}")
     rows: Rows = []
+
+    def items(obj: Any, key: str, where: str) -> list:
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: {where}: expected a JSON object, got {type(obj).__name__}")
+        v = obj.get(key, [])
+        if not isinstance(v, list):
+            raise DataError(f"{path}: {where}.{key}: expected a list, got {type(v).__name__}")
+        return v
+
     for a, article in enumerate(doc["data"]):
-        for p, para in enumerate(article.get("paragraphs", [])):
-            for q, qa in enumerate(para.get("qas", [])):
+        for p, para in enumerate(items(article, "paragraphs", f"data[{a}]")):
+            for q, qa in enumerate(items(para, "qas", f"data[{a}].paragraphs[{p}]")):
                 where = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                if not isinstance(qa, dict):
+                    raise DataError(f"{path}: {where}: expected a JSON object, got {type(qa).__name__}")
                 try:
                     answers = qa.get("answers", [])
                     row = {"id": qa["id"], "title": article.get("title", ""), "context": para["context"],
