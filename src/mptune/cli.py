@@ -32,7 +32,7 @@ class TasksConfig:
 
 
 def _commands() -> dict[str, tuple[type, Callable]]:
-    from .recipes import adapt, distill, evaluate, pipeline, prompt_tune
+    from .recipes import adapt, distill, evaluate, pipeline, prompt_tune, quickstart
     from .recipes.tasks import list_tasks_cmd
 
     cmds = {
@@ -40,6 +40,7 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "distill": (distill.DistillConfig, distill.run),
         "adapt": (adapt.AdaptConfig, adapt.run),
         "run": (pipeline.PipelineConfig, pipeline.run),
+        "quickstart": (quickstart.QuickstartConfig, quickstart.run),
         "evaluate": (evaluate.EvaluateConfig, evaluate.run_evaluate),
         "predict": (evaluate.PredictConfig, evaluate.run_predict),
         "tasks": (TasksConfig, list_tasks_cmd),
