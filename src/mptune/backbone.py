@@ -7,8 +7,23 @@ patched. Two kinds are supported:
 * causal (Llama, SmolLM2, Gemma, Qwen, GPT-2): input = [prompt ; pad* ; source ; target].
   The prompt always sits at positions 0..l-1 and the text is *left*-padded behind
   it, so targets are the last tokens of every row and position ids (cumsum of the
-  mask) continue from l. Keeping the prompt at a fixed offset is what lets a later
+  mask) continue from l. Keeping the prompt at a fixed offset is what lets the
   fast path compute the prompt's keys/values once per task.
+
+Shared-prefix fast path (decoder-only backbones, ``model.fast_prefix``, on by default):
+under causal attention the prompt's hidden states at positions 0..l-1 do not depend
+on the input, so the prompt is run once per *distinct task in the batch* (with
+gradient), its per-layer keys/values are gathered to the B rows (index_select,
+differentiable) and the input tokens run with them as a read-only prefix cache
+(attention mask [ones(l) ; mask], positions continuing from l as in the plain path).
+Same logits, hidden states and prompt gradients as the plain path, at about the
+cost of the input alone. Rank classification also shares each source across its
+choices; generation prefills the prompt once per task and decodes greedily with
+the cache. The first use checks the fast path against the plain path on a tiny
+probe and falls back (with a warning) where a model does not support it (sliding
+window or hybrid caches, models that drop the cache under gradient checkpointing,
+remote code). Seq2seq backbones (T5) always take the plain path: the encoder is
+bidirectional, so the prompt's states depend on the input.
 
 All prompt arguments are a table ``prompts [T, l, d]`` plus ``task_index [B]``:
 each row gathers its own task's prompt, so a batch that mixes tasks is one pass.
@@ -16,6 +31,9 @@ each row gathers its own task's prompt, so a batch that mixes tasks is one pass.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -83,14 +101,20 @@ def load_backbone(cfg: ModelConfig) -> "Backbone":
         mkw["attn_implementation"] = cfg.attn_implementation
     model = cls.from_pretrained(name, **mkw)
     tokenizer = AutoTokenizer.from_pretrained(name, **kw)
-    return Backbone(model, tokenizer, name=cfg.name, gradient_checkpointing=cfg.gradient_checkpointing)
+    return Backbone(model, tokenizer, name=cfg.name, gradient_checkpointing=cfg.gradient_checkpointing,
+                    fast_prefix=cfg.fast_prefix)
 
 
 class Backbone(nn.Module):
     """A frozen HF model plus its tokenizer; forward passes take a prompt table."""
 
-    def __init__(self, model: nn.Module, tokenizer, name: str = "", gradient_checkpointing: bool = False):
+    def __init__(self, model: nn.Module, tokenizer, name: str = "", gradient_checkpointing: bool = False,
+                 fast_prefix: bool = True):
         super().__init__()
+        self.fast_prefix = fast_prefix
+        self._fast_ok: Optional[bool] = None  # decided by a probe on first use
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.x renamed it
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
@@ -155,6 +179,13 @@ class Backbone(nn.Module):
     # -- teacher-forced forward --------------------------------------------
     def forward(self, prompts: torch.Tensor, batch: dict, hidden: bool = False) -> TargetOutput:
         """Teacher-forced pass; returns target-aligned logits (and hidden states if asked)."""
+        # (every row its own task, e.g. batch size 1: nothing to share, one pass is cheaper than two)
+        if (self._use_fast(batch["attention_mask"], batch["labels"])
+                and torch.unique(batch["task_index"]).numel() < batch["task_index"].numel()):
+            return self._forward_fast(prompts, batch, hidden)
+        return self._forward_plain(prompts, batch, hidden)
+
+    def _forward_plain(self, prompts: torch.Tensor, batch: dict, hidden: bool = False) -> TargetOutput:
         emb, mask = self._with_prompt(prompts, batch["task_index"], batch["input_ids"], batch["attention_mask"])
         labels = batch["labels"]
         if self.kind == ModelKind.SEQ2SEQ:
@@ -193,13 +224,17 @@ class Backbone(nn.Module):
             out = self.model(encoder_outputs=(enc.index_select(0, idx),), attention_mask=mask.index_select(0, idx),
                              decoder_input_ids=dec_in, use_cache=False)
             return sequence_logprob(out.logits, labels)
-        out = self.forward(prompts, batch)
+        if self._use_fast(batch["attention_mask"], batch["labels"]):
+            return self._score_choices_fast(prompts, batch)
+        out = self._forward_plain(prompts, batch)
         return sequence_logprob(out.logits, out.labels)
 
     # -- generation ----------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, batch: dict, max_new_tokens: int) -> list[str]:
         """Greedy decoding; batch holds the (left-padded for causal) source only."""
+        if self._use_fast(batch["attention_mask"]) and self._plain_greedy_config():
+            return self._generate_fast(prompts, batch, max_new_tokens)
         emb, mask = self._with_prompt(prompts, batch["task_index"], batch["input_ids"], batch["attention_mask"])
         tok = self.tokenizer
         out = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
@@ -207,6 +242,264 @@ class Backbone(nn.Module):
                                   eos_token_id=tok.eos_token_id)
         # With inputs_embeds, generate() returns only new tokens (plus T5's decoder start).
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+
+    # -- shared-prefix fast path (decoder-only) ------------------------------
+    @property
+    def uses_fast_prefix(self) -> bool:
+        """True when the shared-prefix fast path is on and works for this model (probed once)."""
+        if not self.fast_prefix or self.kind != ModelKind.CAUSAL:
+            return False
+        if self._fast_ok is None:
+            self._fast_ok = self._probe_fast_prefix()
+        return self._fast_ok
+
+    def _use_fast(self, attention_mask: torch.Tensor, labels: Optional[torch.Tensor] = None) -> bool:
+        """Fast path for this batch: every row needs >= 1 source token (its last position predicts the
+        first target token; with an empty source that position would be inside the prompt)."""
+        if not self.uses_fast_prefix:
+            return False
+        n_tgt = (labels != IGNORE).sum(1) if labels is not None else 0
+        return bool(((attention_mask.sum(1) - n_tgt) > 0).all())
+
+    def _prefix_kv(self, prompts: torch.Tensor, task_index: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer prompt keys/values for every row [B, kv_heads, l, head_dim], computed once per
+        distinct task in `task_index` (differentiable w.r.t. `prompts`)."""
+        tasks, inv = torch.unique(task_index, return_inverse=True)
+        kv = self._prompt_kv(prompts.to(self.dtype).index_select(0, tasks))
+        B = task_index.shape[0]
+        if tasks.numel() == 1:  # no copy: the cache concatenation materialises it anyway
+            return [(k.expand(B, *k.shape[1:]), v.expand(B, *v.shape[1:])) for k, v in kv]
+        return [(k.index_select(0, inv), v.index_select(0, inv)) for k, v in kv]
+
+    def _prompt_kv(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Run the prompt rows [T', l, d] alone (positions 0..l-1) and return each layer's keys/values."""
+        from transformers import DynamicCache
+
+        n, l = rows.shape[:2]
+        cache = DynamicCache(config=self.model.config)
+        pos = torch.arange(l, device=rows.device).expand(n, l)
+        mask = torch.ones(n, l, dtype=torch.long, device=rows.device)
+        # HF drops caches inside checkpointed layers, so the prompt pass (T' x l positions) is never
+        # checkpointed; gradient checkpointing still applies to the input pass.
+        with self._checkpointing_off():
+            self.model.base_model(inputs_embeds=rows, attention_mask=mask, position_ids=pos, use_cache=True,
+                                  **{self._cache_kw: cache})
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _run_with_prefix(self, kv: list, embeds: torch.Tensor, mask: torch.Tensor, **kw):
+        """The input tokens [B, S, d] attending to the read-only prefix `kv`; mask is [B, l + S]."""
+        l = kv[0][0].shape[-2]
+        pos = self._position_ids(mask)[:, l:]
+        checkpointing = self.gradient_checkpointing and self.model.training and torch.is_grad_enabled()
+        with self._checkpoint_with_cache(checkpointing):
+            return self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                              use_cache=not checkpointing, **{self._cache_kw: _prefix_cache(kv)}, **kw)
+
+    @contextlib.contextmanager
+    def _checkpointing_off(self):
+        was = self.model.training
+        if was and self.gradient_checkpointing:
+            self.model.train(False)  # HF checkpoints only in training mode; dropout is zeroed anyway
+        try:
+            yield
+        finally:
+            self.model.train(was)
+
+    @contextlib.contextmanager
+    def _checkpoint_with_cache(self, on: bool):
+        """Under gradient checkpointing, let HF's checkpointed layers keep the prefix cache: it is
+        read-only, so the backward replay sees the same keys/values (the flag HF documents for
+        layers that only read the cache)."""
+        layers = [m for m in self.model.modules() if on and getattr(m, "gradient_checkpointing", False)
+                  and hasattr(type(m), "_can_checkpoint_with_cache")]
+        for m in layers:
+            m._can_checkpoint_with_cache = True
+        try:
+            yield
+        finally:
+            for m in layers:
+                del m._can_checkpoint_with_cache  # back to the class default
+
+    def _forward_fast(self, prompts: torch.Tensor, batch: dict, hidden: bool = False) -> TargetOutput:
+        ids, labels = batch["input_ids"], batch["labels"]
+        kv = self._prefix_kv(prompts, batch["task_index"])
+        l, T = kv[0][0].shape[-2], labels.shape[1]
+        mask = torch.cat([batch["attention_mask"].new_ones(ids.shape[0], l), batch["attention_mask"]], dim=1)
+        out = self._run_with_prefix(kv, self.embed(ids), mask, output_hidden_states=hidden, logits_to_keep=T + 1)
+        logits = out.logits[:, -(T + 1):-1]
+        if not hidden:
+            return TargetOutput(logits, labels)
+        last = out.hidden_states[-1]  # input positions only: [B, S, d]
+        return TargetOutput(logits, labels, last[:, -(T + 1):-1], last)
+
+    def _score_choices_fast(self, prompts: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Prompt once per task, each distinct (task, source) once, then every choice continues
+        its source's cache: choices run slot by slot (the j-th choice of every source together)."""
+        from transformers import DynamicCache
+
+        ids, am, labels, task_index = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["task_index"]
+        dev, N = ids.device, ids.shape[0]
+        n_tgt = (labels != IGNORE).sum(1).tolist()
+        groups: dict[tuple, int] = {}
+        slots: dict[int, int] = {}
+        sources, src_task, row_src, row_slot, row_choice = [], [], [], [], []
+        for r, (toks, m, t) in enumerate(zip(ids.tolist(), am.tolist(), task_index.tolist())):
+            toks = [x for x, keep in zip(toks, m) if keep]
+            src, choice = toks[: len(toks) - n_tgt[r]], toks[len(toks) - n_tgt[r]:]
+            key = (t, tuple(src))
+            if key not in groups:
+                groups[key] = len(sources)
+                sources.append(src)
+                src_task.append(t)
+            e = groups[key]
+            row_slot.append(slots.get(e, 0))
+            slots[e] = row_slot[-1] + 1
+            row_src.append(e)
+            row_choice.append(choice)
+        E, Ss = len(sources), max(len(s) for s in sources)
+        src_ids = torch.tensor([[self.pad_id] * (Ss - len(s)) + s for s in sources], device=dev)
+        src_mask = torch.tensor([[0] * (Ss - len(s)) + [1] * len(s) for s in sources], device=dev, dtype=am.dtype)
+        kv = self._prefix_kv(prompts, torch.tensor(src_task, device=dev))
+        l = kv[0][0].shape[-2]
+        mask = torch.cat([src_mask.new_ones(E, l), src_mask], dim=1)
+        cache = DynamicCache(ddp_cache_data=kv)
+        src_out = self.model(inputs_embeds=self.embed(src_ids), attention_mask=mask,
+                             position_ids=self._position_ids(mask)[:, l:], use_cache=True, logits_to_keep=1,
+                             **{self._cache_kw: cache})
+        first = src_out.logits[:, -1]  # [E, V]: predicts every choice's first token
+        skv = [(layer.keys, layer.values) for layer in cache.layers]  # [E, h, l + Ss, hd]
+        scores = torch.zeros(N, device=dev)
+        for j in range(max(row_slot) + 1):
+            rows = [r for r in range(N) if row_slot[r] == j]
+            ex = torch.tensor([row_src[r] for r in rows], device=dev)
+            C = max(len(row_choice[r]) for r in rows)
+            ch = [row_choice[r] for r in rows]
+            ch_ids = torch.tensor([c + [self.pad_id] * (C - len(c)) for c in ch], device=dev)
+            ch_lab = torch.tensor([c + [IGNORE] * (C - len(c)) for c in ch], device=dev)
+            ch_mask = (ch_lab != IGNORE).to(am.dtype)
+            if len(rows) == E and _row_src_sorted(rows, row_src):  # every source once, in order: no copy
+                full, sub = torch.cat([mask, ch_mask], dim=1), skv
+            else:
+                full = torch.cat([mask.index_select(0, ex), ch_mask], dim=1)
+                sub = [(k.index_select(0, ex), v.index_select(0, ex)) for k, v in skv]
+            out = self._run_with_prefix(sub, self.embed(ch_ids), full)
+            logits = torch.cat([first.index_select(0, ex).unsqueeze(1), out.logits[:, : C - 1]], dim=1)
+            scores[torch.tensor(rows, device=dev)] = sequence_logprob(logits, ch_lab)
+        return scores
+
+    def _plain_greedy_config(self) -> bool:
+        """The fast generation loop is plain greedy search; models whose generation config asks for
+        logits processing (repetition penalty, suppressed tokens, ...) keep HF generate()."""
+        gc = getattr(self.model, "generation_config", None)
+        if gc is None:
+            return True
+        return ((gc.repetition_penalty in (None, 1.0)) and not gc.no_repeat_ngram_size and not gc.bad_words_ids
+                and not gc.suppress_tokens and not gc.begin_suppress_tokens and gc.forced_bos_token_id is None
+                and gc.forced_eos_token_id is None and not gc.min_length and not gc.min_new_tokens
+                and not getattr(gc, "sequence_bias", None))
+
+    def _generate_fast(self, prompts: torch.Tensor, batch: dict, max_new_tokens: int) -> list[str]:
+        """Greedy decoding from a prompt cache prefilled once per task (same tokens as HF generate())."""
+        from transformers import DynamicCache
+
+        tok = self.tokenizer
+        ids, am = batch["input_ids"], batch["attention_mask"]
+        B = ids.shape[0]
+        kv = self._prefix_kv(prompts, batch["task_index"])
+        l = kv[0][0].shape[-2]
+        mask = torch.cat([am.new_ones(B, l), am], dim=1)
+        cache = DynamicCache(ddp_cache_data=kv)
+        pos = self._position_ids(mask)[:, l:]
+        out = self.model(inputs_embeds=self.embed(ids), attention_mask=mask, position_ids=pos, use_cache=True,
+                         logits_to_keep=1, **{self._cache_kw: cache})
+        nxt_pos = pos[:, -1:] + 1
+        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        new: list[torch.Tensor] = []
+        for step in range(max_new_tokens):
+            nxt = out.logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
+            new.append(nxt)
+            done |= nxt == tok.eos_token_id
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
+            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=nxt_pos, use_cache=True,
+                             logits_to_keep=1, **{self._cache_kw: cache})
+            nxt_pos = nxt_pos + 1
+        seqs = torch.stack(new, 1) if new else ids.new_zeros(B, 0)
+        return [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
+
+    def _probe_fast_prefix(self) -> bool:
+        """Check the fast path against the plain path on a tiny mixed-task, padded batch (in the
+        mode training will use); False (and a warning) where the model does not support it."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        why = None
+        try:
+            layers = DynamicCache(config=self.model.config).layers
+            if any(type(x) is not DynamicLayer for x in layers):
+                why = "its cache is not plain full attention (sliding-window or hybrid layers)"
+        except Exception as e:  # noqa: BLE001 - any failure means: use the plain path
+            why = f"{type(e).__name__}: {e}"
+        if why is None:
+            g = torch.Generator().manual_seed(0)
+            emb = self.model.get_input_embeddings()
+            std = float(emb.weight.float().std())
+            prompts = (torch.randn(2, 3, self.hidden_size, generator=g) * std).to(self.device)
+            ids = torch.randint(0, emb.num_embeddings, (3, 5), generator=g).to(self.device)
+            mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 1]], device=self.device)
+            batch = {"input_ids": ids, "attention_mask": mask, "labels": ids[:, -2:].clone(),
+                     "task_index": torch.tensor([0, 1, 1], device=self.device)}
+            was = self.model.training
+            grad = self.gradient_checkpointing  # checkpointing (which may drop caches) acts only with grad, in train mode
+            try:
+                self.model.train(was or grad)
+                with torch.set_grad_enabled(grad):
+                    p = prompts.requires_grad_(grad)
+                    want = self._forward_plain(p, batch).logits.float()
+                    got = self._forward_fast(p, batch).logits.float()
+                tol = 1e-3 if self.dtype == torch.float32 else 5e-2
+                err = float((got - want).abs().max().detach())
+                if not err <= tol * (float(want.abs().max().detach()) + 1.0):
+                    why = f"its logits differ from the plain path by {err:.3g} on a probe"
+            except Exception as e:  # noqa: BLE001
+                why = f"{type(e).__name__}: {e}"
+            finally:
+                self.model.train(was)
+        if why is not None:
+            log.warning("fast prefix path off for %s: %s; using the plain path", self.name, why)
+            return False
+        return True
+
+
+def _row_src_sorted(rows: list[int], row_src: list[int]) -> bool:
+    return all(row_src[r] == i for i, r in enumerate(rows))
+
+
+@functools.lru_cache(maxsize=None)
+def _prefix_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class PrefixLayer(DynamicLayer):
+        """One layer's prefix keys/values, read-only: attention sees [prefix ; new] and nothing is
+        stored, so a gradient-checkpointing replay or another continuation sees the same prefix."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+            super().__init__()
+            self.keys, self.values, self.device, self.is_initialized = keys, values, keys.device, True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    return PrefixLayer
+
+
+def _prefix_cache(kv: list[tuple[torch.Tensor, torch.Tensor]]):
+    from transformers.cache_utils import Cache
+
+    layer = _prefix_layer_class()
+    return Cache(layers=[layer(k, v) for k, v in kv])
 
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
