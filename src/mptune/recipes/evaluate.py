@@ -16,7 +16,7 @@ from ..config import ConfigError, DataConfig, ModelConfig, load_yaml
 from ..evaluation import evaluate, predict, prediction_rows
 from ..prompts import load_prompt_module
 from ..tasks import Example, get_task
-from ..tasks.readers import DataError
+from ..tasks.readers import DataError, read_text
 from ..utils import atomic_write_json, atomic_write_jsonl
 from . import common
 
@@ -111,13 +111,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 def read_predict_input(path: Path, task) -> list[Example]:
     """Rows with "source", or with the fields of the task's template."""
     examples = []
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DataError(f"input file not found: {path}") from None
-    except UnicodeDecodeError as e:
-        line = Path(path).read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason}); save the file as UTF-8") from None
+    text = read_text(path)
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

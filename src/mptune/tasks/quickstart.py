@@ -52,7 +52,7 @@ from typing import Any, Callable, Optional
 
 from . import splits
 from .base import Example, Source, Task, TaskKind
-from .readers import DataError
+from .readers import DataError, read_text
 from .registry import register_task
 
 C, R, G = TaskKind.CLASSIFICATION, TaskKind.REGRESSION, TaskKind.GENERATION
@@ -133,13 +133,7 @@ def read_bigbench(path: str | os.PathLike) -> list[tuple[int, dict]]:
     ``examples`` list, or an example that is not an object with a string ``input``.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 text ({e.reason})") from None
+    text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: empty file, expected a BIG-bench task.json")
     cursor = [0, 1]  # (position, its line): positions are asked for in increasing order

@@ -28,15 +28,20 @@ class DataError(ValueError):
     """A data file (or row) does not have the expected shape; message names file:line."""
 
 
-def _lines(path: Path) -> list[str]:
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 file's text (BOM dropped); DataError naming file:line if missing or not UTF-8."""
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except UnicodeDecodeError as e:
         line = path.read_bytes()[: e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 text ({e.reason})") from None
-    lines = text.splitlines()
+
+
+def _lines(path: Path) -> list[str]:
+    lines = read_text(path).splitlines()
     while lines and not lines[-1].strip():  # trailing blank lines only
         lines.pop()
     if not lines:
