@@ -413,13 +413,15 @@ class Backbone(nn.Module):
         out = self.model(inputs_embeds=self.embed(ids), attention_mask=mask, position_ids=pos, use_cache=True,
                          logits_to_keep=1, **{self._cache_kw: cache})
         nxt_pos = pos[:, -1:] + 1
+        eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else 0
         done = torch.zeros(B, dtype=torch.bool, device=ids.device)
         new: list[torch.Tensor] = []
         for step in range(max_new_tokens):
             nxt = out.logits[:, -1].argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, tok.pad_token_id), nxt)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             new.append(nxt)
-            done |= nxt == tok.eos_token_id
+            if eos is not None:
+                done |= nxt == eos
             if step == max_new_tokens - 1 or bool(done.all()):
                 break
             mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
