@@ -394,9 +394,6 @@ def test_folder_without_a_model_is_an_error_naming_it(tmp_path):
         load_backbone(ModelConfig(name=str(empty)))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "backbone.resolve_model_source does not check local paths yet: a missing folder is handed to "
-    "transformers as a Hub repo id ('Repo id must be in the form ...'). Remove this marker with that fix."))
 @pytest.mark.parametrize("how", ["absolute", "relative"])
 def test_unknown_local_folder_is_a_clear_error(tmp_path, monkeypatch, how):
     monkeypatch.chdir(tmp_path)

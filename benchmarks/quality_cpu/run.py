@@ -171,8 +171,9 @@ def markdown(res: dict) -> str:
              f"teachers {base['teacher_train']['max_steps']}, source training {base['source_train']['max_steps']}, "
              f"every target run {base['target_train']['max_steps']}; lr {base['target_train']['lr']} (P* and u, v: "
              f"{base['adapt'].get('lr_shared') or base['target_train']['lr']} / "
-             f"{base['adapt'].get('lr_task') or base['target_train']['lr']}); test sets: first "
-             f"{base['data']['eval_limit']} examples of each paper test split; seeds {base['seeds']}.", "",
+             f"{base['adapt'].get('lr_task') or base['target_train']['lr']}); dev and test sets: a seeded subset of "
+             f"{base['data']['eval_limit']} examples of each paper split (the same for every method and seed); "
+             f"seeds {base['seeds']}.", "",
              (f"Wall time {res['timing']['wall_s'] / 60:.0f} min with {res['timing']['workers']} worker process(es) x "
               f"{res['timing']['threads']} torch thread(s) on {res['timing']['cpu_count']} CPU cores "
               f"(load average at the end {res['timing']['loadavg_end']}: other work shared the CPU)."
@@ -212,6 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reverse", action="store_true",
                     help="run the target jobs last-first (a second runner on the same folder meets the first "
                          "half way; finished stages are skipped)")
+    ap.add_argument("--stop-after", choices=["teachers", "source training"], default=None,
+                    help="stop after this phase (e.g. to inspect the starting prompts with init_scores.py)")
     ap.add_argument("--collect-only", action="store_true",
                     help="only (re)write results.json / results.md from the stage folders (partial while running)")
     args = ap.parse_args(argv)
@@ -235,6 +238,8 @@ def main(argv=None) -> int:
             print(f"   {kind} {extra}")
     if args.dry_run:
         return 0
+    if args.stop_after:
+        phases = phases[:[n for n, _ in phases].index(args.stop_after) + 1]
     if args.reverse:
         phases = [(n, list(reversed(j)) if n == "targets" else j) for n, j in phases]
     if args.collect_only:
@@ -256,6 +261,8 @@ def main(argv=None) -> int:
                 done.append(r)
                 print(f"[{time.strftime('%H:%M:%S')}] done {r} ({len(done)} jobs, {(time.time() - t0) / 60:.1f} min)",
                       flush=True)
+    if args.stop_after:
+        return 0
     print(write_results(args, argv, base, fewshot, time.time() - t0, done))
     return 0
 

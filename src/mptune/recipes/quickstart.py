@@ -410,11 +410,10 @@ def plot(results: dict, path: Path) -> bool:
     if not any_line:
         plt.close(fig)
         return False
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
+    axes.flat[0].legend(fontsize=8)  # in a panel: a figure legend collides with the title
     fig.suptitle(f"dev metric vs step ({Path(results['model']).name}, mean over seeds {results['seeds']})",
-                 y=1.02 if rows == 1 else 1.0, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+                 fontsize=10)
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

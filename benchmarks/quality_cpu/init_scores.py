@@ -1,0 +1,89 @@
+"""Diagnostic: how good is each method's *starting* prompt on the targets (before any target step)?
+
+PT starts from sampled vocabulary embeddings, SPoT from the teachers' average
+prompt, MPT from P* (adapt.init=shared: u v = 1, so the prompt is exactly P*) or
+from P* ∘ mean_k(u_k v_k) (adapt.init=shared_times_mean_task, which equals the
+average of the distilled source prompts P_k), and the ablations from their own P*. Scores are on the first N dev examples of each target.
+
+    python benchmarks/quality_cpu/init_scores.py runs/quality_cpu --n 48
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="PT's init seed (target_train.seed)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from mptune.config import load_yaml, parse
+    from mptune.evaluation import evaluate
+    from mptune.prompts import load_prompt
+    from mptune.prompts.decomposed import DecomposedPrompt
+    from mptune.prompts.soft import init_prompt_vectors
+    from mptune.recipes import common
+    from mptune.recipes.pipeline import PipelineConfig
+    from mptune.tasks import get_task
+
+    run = Path(args.run_dir)
+    cfg = parse(PipelineConfig, load_yaml(run / "config.yaml"), source=str(run / "config.yaml"))
+    from mptune.backbone import load_backbone
+
+    bb = load_backbone(cfg.model)
+    enc = common.encoder_for(bb, cfg.data)
+    inits: dict[str, torch.Tensor] = {}
+    g = torch.Generator().manual_seed(args.seed)
+    inits["pt (vocab init)"] = init_prompt_vectors(cfg.prompt, bb.model.get_input_embeddings(), bb.tokenizer, g)
+    teachers = [load_prompt(run / "teachers" / s, backbone=bb.name, dim=bb.hidden_size)[0]["prompt"] for s in cfg.sources]
+    inits["spot (teachers' average)"] = torch.stack(teachers).mean(0)
+    for s, t in zip(cfg.sources, teachers):
+        inits[f"teacher {s}"] = t
+    for v in ("mpt", "no_distill", "no_decomp"):
+        f = run / "source" / v
+        if (f / "prompt.safetensors").is_file():
+            tensors, meta = load_prompt(f, backbone=bb.name, dim=bb.hidden_size)
+            name = "mpt" if v == "mpt" else "mpt_" + v
+            src = DecomposedPrompt.from_tensors(tensors, meta)
+            inits[f"{name} (P*: adapt.init=shared)"] = src.shared.detach()
+            if v != "no_decomp":  # no_decomp: u v = 1 throughout, so the rows below equal P*
+                with torch.no_grad():
+                    table = src()  # [K, l, d]: the distilled source prompts P_k
+                inits[f"{name} (P* ∘ mean u_k v_k: adapt.init=shared_times_mean_task)"] = table.mean(0)
+                for s, row in zip(meta.tasks, table):
+                    inits[f"{name} source prompt P_{s}"] = row
+    rows = {}
+    for name, p in inits.items():
+        table = p.unsqueeze(0)
+        rows[name] = {}
+        for task in cfg.targets:
+            t = get_task(task)
+            dev = common.eval_examples(t, "dev", cfg.data, limit=args.n)
+            r = evaluate(bb, lambda: table, t, dev, enc, 32, progress=False)
+            rows[name][task] = round(r.metrics["score"], 1)
+        rows[name]["average"] = round(sum(rows[name][t] for t in cfg.targets) / len(cfg.targets), 1)
+        print(name, rows[name], flush=True)
+    lines = [f"Dev score at step 0 (first {args.n} dev examples), before any target training:", "",
+             "| starting prompt | " + " | ".join(cfg.targets) + " | average |", "|---" * (len(cfg.targets) + 2) + "|"]
+    lines += [f"| {n} | " + " | ".join(str(r[t]) for t in cfg.targets) + f" | {r['average']} |" for n, r in rows.items()]
+    md = "\n".join(lines)
+    print(md)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"n": args.n, "scores": rows}, indent=1) + "\n")
+        Path(args.out).with_suffix(".md").write_text(md + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
