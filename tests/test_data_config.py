@@ -44,3 +44,27 @@ def test_parse_applies_overrides_and_rejects_unknown_keys():
         parse(PromptTuneConfig, {**base, "bogus": 1})
     with pytest.raises(ConfigError, match="train.lr"):
         parse(PromptTuneConfig, base, ["train.lr=-1"])
+
+
+def test_lazy_features_tokenise_on_demand_and_match_the_encoder(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from mptune.backbone import ModelKind
+    from mptune.data import LazyFeatures, TextEncoder
+    from mptune.tasks import Example
+
+    enc = TextEncoder(AutoTokenizer.from_pretrained(tiny_llama_dir), ModelKind.CAUSAL, 16, 4)
+    calls = []
+    real = enc.feature
+    enc.feature = lambda *a: calls.append(a) or real(*a)
+    exs = [Example(f"sentence number {i}", "yes" if i % 2 else "no") for i in range(1000)]
+    feats = LazyFeatures([(e, i % 3) for i, e in enumerate(exs)], enc)
+    assert len(feats) == 1000 and not calls  # nothing tokenised up front
+    got = [feats[i] for i in (5, 999, 5)]
+    assert len(calls) == 2  # each row once
+    assert got[0] is got[2]
+    for i, f in zip((5, 999), got):
+        want = real(exs[i].source, exs[i].target, i % 3)
+        assert (f.source, f.target, f.task_index) == (want.source, want.target, want.task_index)
+    assert [f.source for f in feats[:3]] == [real(e.source, e.target).source for e in exs[:3]]
+    assert len(list(feats)) == 1000 and len(calls) == 1000

@@ -49,6 +49,31 @@ class TextEncoder:
         return Feature(self.source(source), self.target(target), task_index)
 
 
+class LazyFeatures(Sequence[Feature]):
+    """The features of (example, task_index) pairs, each tokenised on first access and kept.
+
+    A short run over a large train split (SST-2: 67k sentences, 16 steps x 8 used) tokenises
+    only the rows its batches touch; iterating tokenises everything (e.g. the teacher cache's
+    fingerprint). The result is the same as TextEncoder.feature for every row.
+    """
+
+    def __init__(self, items: Sequence[tuple], encoder: TextEncoder):
+        self._items, self._enc = list(items), encoder
+        self._done: list[Optional[Feature]] = [None] * len(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        f = self._done[i]
+        if f is None:
+            ex, k = self._items[i]
+            f = self._done[i] = self._enc.feature(ex.source, ex.target, k)
+        return f
+
+
 def _pad(seqs: Sequence[list[int]], value: int, left: bool) -> torch.Tensor:
     n = max((len(s) for s in seqs), default=0)
     rows = [([value] * (n - len(s)) + list(s)) if left else (list(s) + [value] * (n - len(s))) for s in seqs]

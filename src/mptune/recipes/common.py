@@ -12,7 +12,7 @@ import torch
 from .. import __version__
 from ..backbone import Backbone, load_backbone
 from ..config import DataConfig, ModelConfig, save_yaml, to_dict
-from ..data import Feature, TextEncoder
+from ..data import LazyFeatures, TextEncoder
 from ..tasks import Example, Task, few_shot
 from ..utils import atomic_write_json
 
@@ -59,8 +59,9 @@ def eval_examples(task: Task, split: str, data: DataConfig, limit: Optional[int]
     return task.load(split, data_dir=data.resolved_data_dir(), seed=data.seed, limit=limit)
 
 
-def features(examples: Sequence[Example], encoder: TextEncoder, task_index: int = 0) -> list[Feature]:
-    return [encoder.feature(e.source, e.target, task_index) for e in examples]
+def features(examples: Sequence[Example], encoder: TextEncoder, task_index: int = 0) -> LazyFeatures:
+    """Training features, tokenised when a batch first needs them."""
+    return LazyFeatures([(e, task_index) for e in examples], encoder)
 
 
 def backbone_params(backbone: Backbone) -> int:

@@ -141,7 +141,7 @@ def run(cfg: DistillConfig) -> dict:
     if distilling and cfg.distill.teacher_cache and not (use_hidden and cfg.distill.hidden_at == "source"):
         from ..teacher_cache import open_for_distillation
 
-        tcache = open_for_distillation(out / "teacher_cache", data.features, teachers, backbone,
+        tcache = open_for_distillation(out / "teacher_cache", list(data.features), teachers, backbone,
                                        topk=cfg.distill.teacher_topk, temperature=cfg.distill.temperature,
                                        logits=use_logits, hidden=use_hidden, accelerator=acc)
 

@@ -10,7 +10,7 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from ..config import ConfigError, DataConfig, _check
-from ..data import Feature, ShuffledBatches, TaskMixingBatches, TextEncoder
+from ..data import Feature, LazyFeatures, ShuffledBatches, TaskMixingBatches, TextEncoder
 from ..evaluation import evaluate
 from ..tasks import Example, Task, get_task
 from ..utils import atomic_write_jsonl
@@ -42,7 +42,7 @@ class MultiTaskData:
     tasks: list[Task]
     train: list[list[Example]]
     dev: list[list[Example]]
-    features: list[Feature] = field(default_factory=list)
+    features: Sequence[Feature] = field(default_factory=list)
 
     @classmethod
     def load(cls, names: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
@@ -51,7 +51,7 @@ class MultiTaskData:
         tasks = [get_task(n) for n in names]
         train = [common.train_examples(t, data, sample_seed) for t in tasks]
         dev = [common.eval_examples(t, "dev", data) for t in tasks]
-        feats = [f for k, ex in enumerate(train) for f in common.features(ex, encoder, task_index=k)]
+        feats = LazyFeatures([(e, k) for k, ex in enumerate(train) for e in ex], encoder)
         return cls(tasks, train, dev, feats)
 
     def plan(self, batch_size: int, seed: int, sampling: SamplingConfig):
