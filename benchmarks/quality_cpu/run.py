@@ -82,7 +82,7 @@ def _job(kind: str, cfg_dict: dict, extra: dict, threads: int) -> dict:
 
 # -- planning -----------------------------------------------------------------------------
 
-def plan(base: dict, fewshot_methods: list[str]) -> list[tuple[str, list[tuple[str, dict, dict]]]]:
+def plan(base: dict, fewshot_methods: list[str], order: str = "methods") -> list[tuple[str, list[tuple[str, dict, dict]]]]:
     """Phases of (kind, config dict, extra) jobs."""
     from mptune.recipes.pipeline import SOURCE_VARIANT
 
@@ -102,8 +102,12 @@ def plan(base: dict, fewshot_methods: list[str]) -> list[tuple[str, list[tuple[s
     # PT and MPT first (the main comparison), then SPoT, then the ablations; seeds outermost after that,
     # so a run cut short still has complete, comparable cells
     group = {"pt": 0, "mpt": 0, "spot": 1, "mpt_no_distill": 2, "mpt_no_decomp": 2, "mpt_multi": 3}
-    targets.sort(key=lambda j: (group.get(j[2]["method"], 9), j[2]["seed"], j[2]["setting"] != "full",
-                                j[2]["setting"], j[2]["method"]))
+    if order == "methods":
+        targets.sort(key=lambda j: (group.get(j[2]["method"], 9), j[2]["seed"], j[2]["setting"] != "full",
+                                    j[2]["setting"], j[2]["method"]))
+    else:  # "settings": full data for every method first (seed by seed), then each few-shot k
+        targets.sort(key=lambda j: (j[2]["setting"] != "full", j[2]["setting"], j[2]["seed"],
+                                    group.get(j[2]["method"], 9), j[2]["method"]))
     return [("teachers", teachers), ("source training", distills), ("targets", targets)]
 
 
@@ -209,6 +213,9 @@ def main(argv=None) -> int:
                     help="methods run in the few-shot settings (the full-data setting runs all)")
     ap.add_argument("--set", nargs="*", default=[], help="pipeline overrides key=value")
     ap.add_argument("--results", default=str(HERE), help="folder for results.json / results.md")
+    ap.add_argument("--order", choices=["methods", "settings"], default="methods",
+                    help="target job order: PT and MPT in every setting first, or every method on full data "
+                         "first (seed by seed), then the few-shot settings; a run cut short keeps whole cells")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--reverse", action="store_true",
                     help="run the target jobs last-first (a second runner on the same folder meets the first "
@@ -231,7 +238,7 @@ def main(argv=None) -> int:
         base["output_dir"] = args.out
     base = to_dict(parse(PipelineConfig, base, args.set, source=args.config))  # validated, defaults filled
     fewshot = args.fewshot_methods.split(",")
-    phases = plan(base, fewshot)
+    phases = plan(base, fewshot, args.order)
     for name, jobs in phases:
         print(f"{name}: {len(jobs)} job(s)")
         for kind, _, extra in jobs:
