@@ -269,3 +269,16 @@ class Plot:
             self.plt.tight_layout()
             self.plt.savefig(RESULTS / f"{self.name}.png", dpi=110)
         self.plt.close("all")
+
+
+def standard_args(doc: str, repeats: int = 3):
+    """Parse the --repeats / --quick options of a model benchmark; adds .layers (30, or 2 with
+    --quick) and sets .repeats to 1 with --quick (a smoke run)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    a.layers, a.repeats = (2, 1) if a.quick else (30, a.repeats)
+    return a

@@ -18,7 +18,6 @@ an E-epoch run costs (fill + (E-1) read) / (E live).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -40,11 +39,8 @@ B, S, T, L, K, TOPK = 8, 64, 4, 100, 2, 64
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=4)
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    layers, repeats = (2, 1) if a.quick else (30, a.repeats)
+    a = common.standard_args(__doc__, repeats=4)
+    layers, repeats = a.layers, a.repeats
     model = common.llama(layers)
     V, d = model.config.vocab_size, model.config.hidden_size
     bb = common.backbone(model)

@@ -14,7 +14,6 @@ every row decodes all 8), 2 threads, no grad.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
@@ -32,11 +31,8 @@ N, L, NEW = 32, 100, 8
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    layers, repeats = (2, 1) if a.quick else (30, a.repeats)
+    a = common.standard_args(__doc__, repeats=3)
+    layers, repeats = a.layers, a.repeats
     model = common.llama(layers)
     V, d = model.config.vocab_size, model.config.hidden_size
     fast, plain = common.backbone(model, fast=True), common.backbone(model, fast=False)

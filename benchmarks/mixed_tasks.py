@@ -19,7 +19,6 @@ plain path at every K <= B (at K = B it does the plain path's work).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -37,11 +36,8 @@ KS = [2, 4, 8]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    layers, repeats = (2, 1) if a.quick else (30, a.repeats)
+    a = common.standard_args(__doc__, repeats=3)
+    layers, repeats = a.layers, a.repeats
     model = common.llama(layers)
     V = model.config.vocab_size
     batches = {k: common.causal_batch(B, S, T, k, V) for k in [1, *KS]}
