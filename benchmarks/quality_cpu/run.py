@@ -113,7 +113,13 @@ def plan(base: dict, fewshot_methods: list[str], order: str = "methods") -> list
 
 # -- results --------------------------------------------------------------------------------
 
-def collect(base: dict, fewshot_methods: list[str]) -> dict:
+def _mean_std(vals: list[float]) -> dict:
+    return {"mean": statistics.fmean(vals) if vals else None, "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0}
+
+
+def collect(base: dict, fewshot_methods: list[str], controls: list[str] = ()) -> dict:
+    """Test scores per (setting, method, task, seed); averages over all targets and over the targets
+    that are not controls (tasks the sources are not expected to help, e.g. CoLA for sentiment sources)."""
     from mptune.recipes.quickstart import _target_metrics
     from mptune.tasks import get_task
 
@@ -123,7 +129,8 @@ def collect(base: dict, fewshot_methods: list[str]) -> dict:
         ms = base["methods"] if setting == "full" else [m for m in base["methods"] if m in fewshot_methods]
         sres = settings[setting] = {}
         for method in ms:
-            tasks, per_seed_avg = {}, {}
+            tasks, per_seed_avg, per_seed_main = {}, {}, {}
+            main_targets = [t for t in base["targets"] if t not in controls]
             for task in base["targets"]:
                 seeds = {}
                 for seed in base["seeds"]:
@@ -132,17 +139,17 @@ def collect(base: dict, fewshot_methods: list[str]) -> dict:
                     if got:
                         seeds[str(seed)] = {"test": got["test"]["score"], "dev": got["dev"].get("score"),
                                             "best_step": got["best_step"], "metrics": got["test"]}
-                vals = [s["test"] for s in seeds.values()]
                 tasks[task] = {"metric": "/".join(get_task(task).score_metrics or get_task(task).metrics),
-                               "mean": statistics.fmean(vals) if vals else None,
-                               "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0, "seeds": seeds}
+                               **_mean_std([s["test"] for s in seeds.values()]), "seeds": seeds}
             for seed in map(str, base["seeds"]):
                 if all(seed in tasks[t]["seeds"] for t in base["targets"]):
                     per_seed_avg[seed] = statistics.fmean(tasks[t]["seeds"][seed]["test"] for t in base["targets"])
-            avg = list(per_seed_avg.values())
-            sres[method] = {"tasks": tasks, "average": {
-                "mean": statistics.fmean(avg) if avg else None, "std": statistics.pstdev(avg) if len(avg) > 1 else 0.0,
-                "per_seed": per_seed_avg}}
+                    per_seed_main[seed] = statistics.fmean(tasks[t]["seeds"][seed]["test"] for t in main_targets)
+            sres[method] = {"tasks": tasks, "average": {**_mean_std(list(per_seed_avg.values())),
+                                                        "per_seed": per_seed_avg}}
+            if controls:
+                sres[method]["average_without_controls"] = {**_mean_std(list(per_seed_main.values())),
+                                                            "per_seed": per_seed_main}
     sources = {}
     for t in base["sources"]:
         m = _read(out / "teachers" / t / "metrics.json")
@@ -178,20 +185,20 @@ def markdown(res: dict) -> str:
              f"{base['adapt'].get('lr_task') or base['target_train']['lr']}); dev and test sets: a seeded subset of "
              f"{base['data']['eval_limit']} examples of each paper split (the same for every method and seed); "
              f"seeds {base['seeds']}.", "",
-             (f"Wall time {res['timing']['wall_s'] / 60:.0f} min with {res['timing']['workers']} worker process(es) x "
-              f"{res['timing']['threads']} torch thread(s) on {res['timing']['cpu_count']} CPU cores "
-              f"(load average at the end {res['timing']['loadavg_end']}: other work shared the CPU)."
-              if res["timing"].get("wall_s") else "Partial results, collected while the run was going on."), ""]
+             _timing_line(res["timing"]), ""]
+    controls = res.get("controls") or []
     for setting, methods in res["results"]["settings"].items():
         what = "full training data" if setting == "full" else f"few-shot, {setting} per class"
         lines += [f"## {what} (test score, mean ± std over seeds)", "",
                   "| method | " + " | ".join(f"{t} ({methods[next(iter(methods))]['tasks'][t]['metric']})"
-                                            for t in base["targets"]) + " | average |",
-                  "|---" * (len(base["targets"]) + 2) + "|"]
+                                            for t in base["targets"]) + " | average |"
+                  + "".join(f" average w/o {c} |" for c in [", ".join(controls)] if controls),
+                  "|---" * (len(base["targets"]) + 2 + bool(controls)) + "|"]
         for method, cell in methods.items():
             f = lambda v: "—" if v["mean"] is None else f"{v['mean']:.1f} ± {v['std']:.1f}"  # noqa: E731
             lines.append(f"| {NAMES.get(method, method)} | " + " | ".join(f(cell["tasks"][t]) for t in base["targets"])
-                         + f" | {f(cell['average'])} |")
+                         + f" | {f(cell['average'])} |"
+                         + (f" {f(cell['average_without_controls'])} |" if controls else ""))
         lines.append("")
     if res["results"].get("source_stages_test"):
         lines += ["Source stages (test score on the source tasks): " + "; ".join(
@@ -209,8 +216,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="model folder (default: SmolLM2-135M-Instruct from the cache)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    ap.add_argument("--fewshot-methods", default="pt,spot,mpt",
-                    help="methods run in the few-shot settings (the full-data setting runs all)")
+    ap.add_argument("--fewshot-methods", default=None,
+                    help="methods run in the few-shot settings (the full-data setting runs all); default: every "
+                         "method of the config, or with --collect-only those of the committed results.json")
+    ap.add_argument("--controls", default="cola",
+                    help="targets the sources are not expected to help; results also average the others")
     ap.add_argument("--set", nargs="*", default=[], help="pipeline overrides key=value")
     ap.add_argument("--results", default=str(HERE), help="folder for results.json / results.md")
     ap.add_argument("--order", choices=["methods", "settings"], default="methods",
@@ -237,7 +247,12 @@ def main(argv=None) -> int:
     if args.out:
         base["output_dir"] = args.out
     base = to_dict(parse(PipelineConfig, base, args.set, source=args.config))  # validated, defaults filled
-    fewshot = args.fewshot_methods.split(",")
+    if args.fewshot_methods:
+        fewshot = args.fewshot_methods.split(",")
+    elif args.collect_only and _read(Path(args.results) / "results.json").get("fewshot_methods"):
+        fewshot = _read(Path(args.results) / "results.json")["fewshot_methods"]
+    else:
+        fewshot = list(base["methods"])
     phases = plan(base, fewshot, args.order)
     for name, jobs in phases:
         print(f"{name}: {len(jobs)} job(s)")
@@ -274,18 +289,32 @@ def main(argv=None) -> int:
     return 0
 
 
+def _timing_line(t: dict) -> str:
+    """How long the command behind results.* took, and how many of its jobs it ran rather than reused."""
+    if not t.get("wall_s"):
+        return "Partial results, collected while the run was going on."
+    jobs = t.get("jobs") or []
+    ran = [j for j in jobs if j.get("wall_s", 0) > 1]  # a finished stage is skipped in well under a second
+    return (f"Wall time of that command {t['wall_s'] / 60:.0f} min with {t['workers']} worker process(es) x "
+            f"{t['threads']} torch thread(s) on {t['cpu_count']} CPU cores: it ran {len(ran)} of its {len(jobs)} "
+            f"jobs ({sum(j['cpu_s'] for j in ran) / 60:.0f} CPU min) and reused the other stages, finished by "
+            f"earlier launches of the same config; load average at the end {t['loadavg_end']}.")
+
+
 def write_results(args, argv, base: dict, fewshot: list[str], wall_s, jobs: list[dict]) -> str:
     out = Path(args.results)
     old = _read(out / "results.json")
+    controls = [c for c in args.controls.split(",") if c in base["targets"]]
     if wall_s is None:  # --collect-only: keep the timing of the run that made the folders, if any
         timing = old.get("timing") or {"wall_s": None, "workers": None, "threads": None, "partial": True}
         command = old.get("command") or "python benchmarks/quality_cpu/run.py"
     else:
-        timing = {"wall_s": round(wall_s, 1), "workers": args.workers, "threads": args.threads, "jobs": jobs}
+        timing = {"wall_s": round(wall_s, 1), "workers": args.workers, "threads": args.threads, "jobs": jobs,
+                  "cpu_count": os.cpu_count(), "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+                  "machine": platform.platform()}
         command = "python " + " ".join([os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])])
-    timing.update(cpu_count=os.cpu_count(), loadavg_end=[round(x, 2) for x in os.getloadavg()],
-                  machine=platform.platform())
-    res = {"command": command, "fewshot_methods": fewshot, "timing": timing, "results": collect(base, fewshot),
+    res = {"command": command, "fewshot_methods": fewshot, "controls": controls, "timing": timing,
+           "results": collect(base, fewshot, controls),
            "config": {**base, "model": {**base["model"], "name": "SmolLM2-135M-Instruct (asset cache)"},
                       "data": {**base["data"], "data_dir": "../shared/data"}}}
     out.mkdir(parents=True, exist_ok=True)
