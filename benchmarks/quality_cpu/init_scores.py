@@ -5,7 +5,8 @@ prompt, MPT from P* (adapt.init=shared: u v = 1, so the prompt is exactly P*) or
 from P* ∘ mean_k(u_k v_k) (adapt.init=shared_times_mean_task, which equals the
 average of the distilled source prompts P_k), and the ablations from their own P*. Scores are on the first N dev examples of each target.
 
-    python benchmarks/quality_cpu/init_scores.py runs/quality_cpu --n 48
+    python benchmarks/quality_cpu/init_scores.py runs/quality_cpu_v3 --n 48 --out benchmarks/quality_cpu/init_scores.json
+    python benchmarks/quality_cpu/init_scores.py --render benchmarks/quality_cpu/init_scores.json  # rewrite the .md only
 """
 
 from __future__ import annotations
@@ -18,12 +19,22 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir")
+    ap.add_argument("run_dir", nargs="?", help="a finished benchmark run folder (runs/quality_cpu_v3)")
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1, help="PT's init seed (target_train.seed)")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="write the scores here (JSON) and the table next to it (.md)")
+    ap.add_argument("--controls", default="cola",
+                    help="comma-separated targets left out of the second average (as in run.py)")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="only rewrite the .md table of an earlier --out JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(render(data) + "\n")
+        return 0
+    if not args.run_dir:
+        ap.error("run_dir is required (or --render JSON)")
 
     import torch
 
@@ -74,15 +85,33 @@ def main(argv=None) -> int:
             rows[name][task] = round(r.metrics["score"], 1)
         rows[name]["average"] = round(sum(rows[name][t] for t in cfg.targets) / len(cfg.targets), 1)
         print(name, rows[name], flush=True)
-    lines = [f"Dev score at step 0 (first {args.n} dev examples), before any target training:", "",
-             "| starting prompt | " + " | ".join(cfg.targets) + " | average |", "|---" * (len(cfg.targets) + 2) + "|"]
-    lines += [f"| {n} | " + " | ".join(str(r[t]) for t in cfg.targets) + f" | {r['average']} |" for n, r in rows.items()]
-    md = "\n".join(lines)
+    controls = [c for c in args.controls.split(",") if c]
+    data = {"run_dir": str(run), "n": args.n, "targets": list(cfg.targets), "controls": controls, "scores": rows}
+    md = render(data)
     print(md)
     if args.out:
-        Path(args.out).write_text(json.dumps({"n": args.n, "scores": rows}, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
         Path(args.out).with_suffix(".md").write_text(md + "\n")
     return 0
+
+
+def render(data: dict) -> str:
+    """The markdown table of an init-scores JSON: one row per starting prompt."""
+    rows = data["scores"]
+    targets = data.get("targets") or [t for t in next(iter(rows.values())) if t != "average"]
+    controls = [c for c in data.get("controls", []) if c in targets]
+    kept = [t for t in targets if t not in controls]
+    extra = [f"average w/o {', '.join(controls)}"] if controls else []
+    lines = [f"Dev score at step 0 (first {data['n']} dev examples of each target), before any target training"
+             + (f"; run folder `{data['run_dir']}`" if data.get("run_dir") else "") + ":", "",
+             "| starting prompt | " + " | ".join(targets + ["average"] + extra) + " |",
+             "|---" * (len(targets) + 2 + len(extra)) + "|"]
+    for name, r in rows.items():
+        cells = [str(r[t]) for t in targets] + [str(r["average"])]
+        if controls:
+            cells.append(f"{sum(r[t] for t in kept) / len(kept):.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
