@@ -1,0 +1,80 @@
+"""Compare methods across results.json files: task average (dev and test) per setting, paired by seed.
+
+Each argument is ``LABEL=PATH:METHOD`` (PATH a results.json written by run.py); the first
+is the reference the others are paired against, seed by seed. Control tasks (the file's
+``controls``, e.g. CoLA) are left out of the averages unless ``--with-controls``.
+
+    python benchmarks/quality_cpu/compare.py \\
+        "MPT=benchmarks/quality_cpu/results.json:mpt" \\
+        "lr u,v 0.3=benchmarks/quality_cpu/lr_sweep/task0.3/results.json:mpt"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def seed_averages(res: dict, method: str, setting: str, split: str, with_controls: bool) -> dict[str, float]:
+    """seed -> average over the tasks of one (setting, method) cell; {} if the cell is missing."""
+    cell = res["results"]["settings"].get(setting, {}).get(method)
+    if cell is None:
+        return {}
+    skip = set() if with_controls else set(res.get("controls", []))
+    tasks = [t for t in cell["tasks"] if t not in skip]
+    seeds = set.intersection(*(set(cell["tasks"][t]["seeds"]) for t in tasks))
+    return {s: sum(cell["tasks"][t]["seeds"][s][split] for t in tasks) / len(tasks) for s in sorted(seeds)}
+
+
+def _mean_std(xs: list[float]) -> str:
+    """Mean ± population std over seeds, as in results.md."""
+    return f"{statistics.fmean(xs):.1f} ± {statistics.pstdev(xs):.1f}"
+
+
+def table(entries: list[tuple[str, dict, str]], split: str, with_controls: bool) -> str:
+    """Markdown: one row per entry, per setting the mean ± std over seeds and the paired diffs to entry 0."""
+    settings = [s for s in entries[0][1]["results"]["settings"]]
+    head = "| method | " + " | ".join(f"{s} | {s}: − {entries[0][0]} per seed" for s in settings) + " |"
+    lines = [head, "|---" * (1 + 2 * len(settings)) + "|"]
+    for label, res, method in entries:
+        cells = []
+        for s in settings:
+            mine = seed_averages(res, method, s, split, with_controls)
+            ref = seed_averages(entries[0][1], entries[0][2], s, split, with_controls)
+            if not mine:
+                cells += ["–", "–"]
+                continue
+            paired = [mine[k] - ref[k] for k in mine if k in ref]
+            diffs = ", ".join(f"{d:+.1f}" for d in paired) + (f" (mean {statistics.mean(paired):+.1f})" if paired else "")
+            cells += [_mean_std(list(mine.values())), diffs if label != entries[0][0] else ""]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("entries", nargs="+", help="LABEL=PATH:METHOD (the first is the reference)")
+    ap.add_argument("--with-controls", action="store_true", help="keep the control tasks in the averages")
+    args = ap.parse_args(argv)
+    entries = []
+    for e in args.entries:
+        label, sep, rest = e.partition("=")
+        path, sep2, method = rest.rpartition(":")
+        if not (sep and sep2 and label and method):
+            ap.error(f"{e!r}: expected LABEL=PATH:METHOD")
+        res = json.loads(Path(path).read_text())
+        if not any(method in cell for cell in res["results"]["settings"].values()):
+            ap.error(f"{path}: no method {method!r} (has {sorted({m for c in res['results']['settings'].values() for m in c})})")
+        entries.append((label, res, method))
+    what = "all targets" if args.with_controls else "targets without the controls"
+    for split in ("dev", "test"):
+        print(f"\n{split} score, task average over {what} (mean ± std over seeds):\n")
+        print(table(entries, split, args.with_controls))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The quality benchmark's reporting helpers (benchmarks/quality_cpu): averages, pairing, tables."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parents[1] / "benchmarks" / "quality_cpu"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"quality_cpu_{name}", HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _results(scores: dict) -> dict:
+    """results.json shape: scores[method][task] = [test per seed]; dev = test - 10."""
+    cells = {m: {"tasks": {t: {"seeds": {str(i + 1): {"test": v, "dev": v - 10} for i, v in enumerate(vals)}}
+                           for t, vals in tasks.items()}}
+             for m, tasks in scores.items()}
+    return {"controls": ["cola"], "results": {"settings": {"full": cells}}}
+
+
+RES = _results({"pt": {"a": [50, 60, 70], "b": [70, 80, 90], "cola": [0, 0, 30]},
+                "mpt": {"a": [60, 60, 80], "b": [80, 90, 90], "cola": [-30, 0, 0]}})
+
+
+def test_seed_averages_leave_out_controls_unless_asked():
+    cmp = _load("compare")
+    assert cmp.seed_averages(RES, "pt", "full", "test", False) == {"1": 60, "2": 70, "3": 80}
+    assert cmp.seed_averages(RES, "pt", "full", "test", True) == pytest.approx({"1": 40, "2": 140 / 3, "3": 190 / 3})
+    assert cmp.seed_averages(RES, "mpt", "full", "dev", False) == {"1": 60, "2": 65, "3": 75}
+    assert cmp.seed_averages(RES, "spot", "full", "test", False) == {}
+
+
+def test_table_pairs_seeds_against_the_first_entry():
+    cmp = _load("compare")
+    md = cmp.table([("PT", RES, "pt"), ("MPT", RES, "mpt")], "test", False)
+    rows = md.splitlines()
+    assert rows[2].startswith("| PT | 70.0 ± 8.2 |")  # population std of 60, 70, 80
+    assert "+10.0, +5.0, +5.0 (mean +6.7)" in rows[3]
+
+
+def test_compare_cli_rejects_a_missing_method(tmp_path, capsys):
+    import json
+
+    cmp = _load("compare")
+    f = tmp_path / "results.json"
+    f.write_text(json.dumps(RES))
+    assert cmp.main([f"PT={f}:pt", f"MPT={f}:mpt"]) == 0
+    assert "(mean +6.7)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cmp.main([f"X={f}:spot"])
+    assert "no method 'spot'" in capsys.readouterr().err
+
+
+def test_init_scores_render_adds_the_average_without_controls():
+    render = _load("init_scores").render
+    md = render({"n": 48, "targets": ["a", "cola"], "controls": ["cola"], "run_dir": "runs/x",
+                 "scores": {"pt (vocab init)": {"a": 70.0, "cola": -40.0, "average": 15.0}}})
+    assert "first 48 dev examples" in md and "`runs/x`" in md
+    assert md.splitlines()[2] == "| starting prompt | a | cola | average | average w/o cola |"
+    assert md.splitlines()[4] == "| pt (vocab init) | 70.0 | -40.0 | 15.0 | 70.0 |"
