@@ -39,17 +39,17 @@ def table(entries: list[tuple[str, dict, str]], split: str, with_controls: bool)
     settings = [s for s in entries[0][1]["results"]["settings"]]
     head = "| method | " + " | ".join(f"{s} | {s}: − {entries[0][0]} per seed" for s in settings) + " |"
     lines = [head, "|---" * (1 + 2 * len(settings)) + "|"]
-    for label, res, method in entries:
+    ref = {s: seed_averages(entries[0][1], entries[0][2], s, split, with_controls) for s in settings}
+    for i, (label, res, method) in enumerate(entries):
         cells = []
         for s in settings:
             mine = seed_averages(res, method, s, split, with_controls)
-            ref = seed_averages(entries[0][1], entries[0][2], s, split, with_controls)
             if not mine:
                 cells += ["–", "–"]
                 continue
-            paired = [mine[k] - ref[k] for k in mine if k in ref]
+            paired = [mine[k] - ref[s][k] for k in mine if k in ref[s]]
             diffs = ", ".join(f"{d:+.1f}" for d in paired) + (f" (mean {statistics.mean(paired):+.1f})" if paired else "")
-            cells += [_mean_std(list(mine.values())), diffs if label != entries[0][0] else ""]
+            cells += [_mean_std(list(mine.values())), diffs if i > 0 else ""]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
