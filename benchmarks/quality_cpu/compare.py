@@ -18,15 +18,25 @@ import sys
 from pathlib import Path
 
 
+def per_seed_average(tasks: dict, names: list[str], split: str = "test",
+                     require: list[str] | None = None) -> dict[str, float]:
+    """seed -> mean of ``tasks[t]["seeds"][seed][split]`` over ``names`` (a results.json cell's tasks),
+    for the seeds that every task in ``require`` (default: ``names``) has, in the order they were run."""
+    require = names if require is None else require
+    if not require:
+        return {}
+    common = set.intersection(*(set(tasks[t]["seeds"]) for t in require))
+    return {s: statistics.fmean(tasks[t]["seeds"][s][split] for t in names)
+            for s in tasks[require[0]]["seeds"] if s in common}
+
+
 def seed_averages(res: dict, method: str, setting: str, split: str, with_controls: bool) -> dict[str, float]:
     """seed -> average over the tasks of one (setting, method) cell; {} if the cell is missing."""
     cell = res["results"]["settings"].get(setting, {}).get(method)
     if cell is None:
         return {}
     skip = set() if with_controls else set(res.get("controls", []))
-    tasks = [t for t in cell["tasks"] if t not in skip]
-    seeds = set.intersection(*(set(cell["tasks"][t]["seeds"]) for t in tasks))
-    return {s: sum(cell["tasks"][t]["seeds"][s][split] for t in tasks) / len(tasks) for s in sorted(seeds)}
+    return per_seed_average(cell["tasks"], [t for t in cell["tasks"] if t not in skip], split)
 
 
 def _mean_std(xs: list[float]) -> str:

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
 def render(data: dict) -> str:
     """The markdown table of an init-scores JSON: one row per starting prompt."""
     rows = data["scores"]
-    targets = data.get("targets") or [t for t in next(iter(rows.values())) if t != "average"]
+    targets = data["targets"]
     controls = [c for c in data.get("controls", []) if c in targets]
     kept = [t for t in targets if t not in controls]
     extra = [f"average w/o {', '.join(controls)}"] if controls else []

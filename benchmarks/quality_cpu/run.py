@@ -123,13 +123,15 @@ def collect(base: dict, fewshot_methods: list[str], controls: list[str] = ()) ->
     from mptune.recipes.quickstart import _target_metrics
     from mptune.tasks import get_task
 
+    from compare import per_seed_average  # this folder, the script's sys.path[0]
+
     out = Path(base["output_dir"])
     settings = {}
     for setting in (["full"] if base.get("full_data", True) else []) + [f"k={k}" for k in base.get("few_shot_k", [])]:
         ms = base["methods"] if setting == "full" else [m for m in base["methods"] if m in fewshot_methods]
         sres = settings[setting] = {}
         for method in ms:
-            tasks, per_seed_avg, per_seed_main = {}, {}, {}
+            tasks = {}
             main_targets = [t for t in base["targets"] if t not in controls]
             for task in base["targets"]:
                 seeds = {}
@@ -141,10 +143,8 @@ def collect(base: dict, fewshot_methods: list[str], controls: list[str] = ()) ->
                                             "best_step": got["best_step"], "metrics": got["test"]}
                 tasks[task] = {"metric": "/".join(get_task(task).score_metrics or get_task(task).metrics),
                                **_mean_std([s["test"] for s in seeds.values()]), "seeds": seeds}
-            for seed in map(str, base["seeds"]):
-                if all(seed in tasks[t]["seeds"] for t in base["targets"]):
-                    per_seed_avg[seed] = statistics.fmean(tasks[t]["seeds"][seed]["test"] for t in base["targets"])
-                    per_seed_main[seed] = statistics.fmean(tasks[t]["seeds"][seed]["test"] for t in main_targets)
+            per_seed_avg = per_seed_average(tasks, base["targets"])
+            per_seed_main = per_seed_average(tasks, main_targets, require=base["targets"])
             sres[method] = {"tasks": tasks, "average": {**_mean_std(list(per_seed_avg.values())),
                                                         "per_seed": per_seed_avg}}
             if controls:
