@@ -85,3 +85,48 @@ def test_help_documents_options(capsys):
     assert main(["prompt-tune", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--train.lr" in text and "Peak learning rate" in text and "--prompt.length" in text
+
+
+def test_user_errors_print_one_line_without_traceback(tmp_path, capsys, monkeypatch, tiny_llama_dir):
+    """Every MptuneError (here: unknown task, missing model folder, bad value) -> message, exit 2;
+    any other exception is a bug and keeps its traceback."""
+    cases = [(["task=nope"], "unknown task 'nope'"),
+             ([f"model.name={tmp_path / 'no-model'}"], "model.name: local model folder not found"),
+             (["train.max_steps=abc"], "train.max_steps")]
+    for extra, msg in cases:
+        argv = ["prompt-tune", f"model.name={tiny_llama_dir}", "task=rte", f"output_dir={tmp_path}", *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mptune prompt-tune: error: ") and msg in err and "Traceback" not in err
+        assert err.count("\n") <= 2, err
+
+    from mptune.recipes import tasks as tasks_recipe
+
+    def boom(cfg):
+        raise KeyError("a bug, not a message for the user")
+
+    monkeypatch.setattr(tasks_recipe, "list_tasks_cmd", boom)
+    with pytest.raises(KeyError, match="a bug"):  # no longer swallowed because its message has a space
+        main(["tasks"])
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`mptune tasks | head`: the reader goes away before mptune writes; no traceback, exit 141 (SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "mptune.cli", "tasks"]
+    r, w = os.pipe()
+    os.close(r)  # a reader that closed early: every write now fails with EPIPE
+    try:
+        proc = subprocess.run(cmd, stdout=w, stderr=subprocess.PIPE, env=env, timeout=120)
+    finally:
+        os.close(w)
+    assert proc.stderr.decode() == "" and proc.returncode == 141
+    ok = subprocess.run(cmd, capture_output=True, env=env, timeout=120)
+    assert ok.returncode == 0 and b"sst2" in ok.stdout  # the same command, read to the end

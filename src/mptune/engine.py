@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import BatchPlan, shard
+from .errors import MptuneError
 from .utils import append_jsonl, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ RESUME_KEYS = ("batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps",
 SHARD_ENV = "MPTUNE_SHARD_BACKBONE"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(MptuneError, RuntimeError):
     pass
 
 
