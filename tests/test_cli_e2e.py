@@ -2,6 +2,7 @@
 on tiny random T5 and Llama models, for a label task, regression and QA."""
 
 import json
+import math
 
 import pytest
 from safetensors.torch import load_file
@@ -58,6 +59,18 @@ def test_prompt_tune_evaluate_predict(tmp_path, tiny_model_dir, data_dir, task, 
     assert len(rows) == 2 and all("prediction" in r for r in rows)
     if task == "rte":
         assert rows[0]["prediction"] in {"entailment", "not_entailment"}
+        for r in rows:  # every label's score: summed log-prob and its softmax over the labels
+            s = r["scores"]
+            assert list(s) == ["entailment", "not_entailment"]
+            probs = [v["prob"] for v in s.values()]
+            assert sum(probs) == pytest.approx(1.0, abs=1e-12) and all(0 < p < 1 for p in probs)
+            assert all(v["logprob"] < 0 for v in s.values())
+            assert max(s, key=lambda k: s[k]["prob"]) == max(s, key=lambda k: s[k]["logprob"]) == r["prediction"]
+            assert list(s)[r["prediction_index"]] == r["prediction"]
+            z = sum(math.exp(v["logprob"]) for v in s.values())
+            assert all(v["prob"] == pytest.approx(math.exp(v["logprob"]) / z) for v in s.values())
+    else:  # generation and regression: the text only
+        assert all("scores" not in r for r in rows)
 
 
 def test_training_learns_a_separable_task(tmp_path, tiny_llama_dir, data_dir):
@@ -85,6 +98,9 @@ def test_help_documents_options(capsys):
     assert main(["prompt-tune", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--train.lr" in text and "Peak learning rate" in text and "--prompt.length" in text
+    assert main(["predict", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert '"scores": {label: {"logprob":' in text and "softmax of those over the labels" in text
 
 
 def test_user_errors_print_one_line_without_traceback(tmp_path, capsys, monkeypatch, tiny_llama_dir):
