@@ -38,8 +38,10 @@ from typing import BinaryIO, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
+from .errors import MptuneError
 
-class AssetError(RuntimeError):
+
+class AssetError(MptuneError, RuntimeError):
     """A model or data asset could not be fetched or verified; the message says what to do."""
 
 

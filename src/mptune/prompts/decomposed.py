@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ..errors import UnknownNameError
 from .io import PromptMeta
 
 
@@ -75,7 +76,7 @@ class DecomposedPrompt(nn.Module):
         try:
             return self.tasks.index(name)
         except ValueError:
-            raise KeyError(f"task {name!r} is not in this prompt; it holds {self.tasks}") from None
+            raise UnknownNameError(f"task {name!r} is not in this prompt; it holds {self.tasks}") from None
 
     def param_groups(self, lr_shared: float, lr_task: float, freeze_shared: bool = False) -> list[dict]:
         """Separate learning rates for P* and for (u, v); P* optionally frozen."""

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from ..errors import MptuneError
 from ..utils import atomic_write_bytes
 
 FORMAT = "mptune-prompt"
@@ -31,7 +32,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 KIND_TENSORS = {"soft": {"prompt": 2}, "decomposed": {"shared": 2, "task_u": 3, "task_v": 3}}
 
 
-class PromptFileError(ValueError):
+class PromptFileError(MptuneError, ValueError):
     """A prompt file is missing, corrupt, or made for another backbone/shape."""
 
 

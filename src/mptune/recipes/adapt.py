@@ -122,6 +122,8 @@ def run(cfg: AdaptConfig) -> dict:
     data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train.seed)
     prompt = initial_prompt(cfg, backbone).to(acc.device)
     groups = prompt.param_groups(cfg.lr_shared or cfg.train.lr, cfg.lr_task or cfg.train.lr, cfg.freeze_shared)
+    for g in groups:  # the setting behind each lr: a resume that finds it changed is refused, naming it
+        g["name"] = "lr_shared" if g["params"][0] is prompt.shared else "lr_task"
     nll = TokenNLL()
 
     def make_batch(idx: list[int]) -> dict:

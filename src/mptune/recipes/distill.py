@@ -128,6 +128,8 @@ def run(cfg: DistillConfig) -> dict:
         raise ConfigError(f"rank: {cfg.rank} exceeds min(l, d) = {min(l, backbone.hidden_size)}")
     prompt = DecomposedPrompt(shared, cfg.tasks, cfg.rank).to(acc.device)
     groups = prompt.param_groups(cfg.train.lr, cfg.lr_task or cfg.train.lr)
+    for g in groups:  # the setting behind each lr: a resume that finds it changed is refused, naming it
+        g["name"] = "train.lr" if g["params"][0] is prompt.shared else "lr_task"
     if not cfg.decompose:  # ablation: a single shared prompt
         prompt.task_u.requires_grad_(False)
         prompt.task_v.requires_grad_(False)

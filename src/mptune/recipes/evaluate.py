@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+import torch
+
 from ..config import ConfigError, DataConfig, ModelConfig, load_yaml
 from ..evaluation import evaluate, predict, prediction_rows
 from ..prompts import load_prompt_module
-from ..tasks import Example, get_task
+from ..tasks import Example, TaskKind, get_task
 from ..tasks.readers import DataError, read_text
 from ..utils import atomic_write_json, atomic_write_jsonl
 from . import common
@@ -54,7 +56,9 @@ class PredictConfig:
     input: str
     """JSONL file: each line has "source" (model input text) or the task template's fields."""
     output: str
-    """JSONL file to write predictions to."""
+    """JSONL file to write, one line per input row: uid, task, source, prediction. Label tasks (rank
+    classification) add prediction_index and "scores": {label: {"logprob": the label's summed token
+    log-prob (the score the ranking uses), "prob": softmax of those over the labels}}."""
     task: Optional[str] = None
     """Task whose template/labels to use (default: the prompt's task)."""
     model: Optional[ModelConfig] = None
@@ -136,13 +140,23 @@ def read_predict_input(path: Path, task) -> list[Example]:
     return examples
 
 
+def label_scores(labels: list[str], logprobs: list[float]) -> dict[str, dict[str, float]]:
+    """{label: {"logprob": summed token log-prob, "prob": softmax over the labels}}, in label order."""
+    probs = torch.tensor(logprobs, dtype=torch.float64).softmax(0).tolist()
+    return {c: {"logprob": lp, "prob": p} for c, lp, p in zip(labels, logprobs, probs)}
+
+
 def run_predict(cfg: PredictConfig) -> list[dict]:
     acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data, cfg.allow_pickle)
     examples = read_predict_input(Path(cfg.input), task)
-    preds = predict(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc)
-    rows = prediction_rows(task, examples, preds)
-    for r in rows:
+    ranked = task.kind == TaskKind.CLASSIFICATION
+    preds = predict(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc,
+                    with_scores=ranked)
+    rows = prediction_rows(task, examples, [p for p, _ in preds] if ranked else preds)
+    for r, e, p in zip(rows, examples, preds):
         r.pop("target", None)
+        if ranked:
+            r["scores"] = label_scores(task.choices(e), p[1])
     if acc.is_main_process:
         atomic_write_jsonl(cfg.output, rows)
     return rows

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 from ..tasks import list_tasks
 
 
-def list_tasks_cmd(cfg) -> list[dict]:
+@dataclass
+class TasksConfig:
+    """List the task registry: group, source, sizes and metrics."""
+
+    group: Optional[str] = None
+    """Only tasks of this group (glue, superglue, mrqa, others, ...)."""
+    data_dir: Optional[str] = None
+    """Folder of original files: count examples from the files found there."""
+
+
+def list_tasks_cmd(cfg: TasksConfig) -> list[dict]:
     rows = []
     for t in list_tasks():
         if cfg.group and t.group != cfg.group:
             continue
-        sizes = t.sizes(cfg.data_dir) if hasattr(t, "sizes") else {}
-        rows.append({"name": t.name, "group": t.group, "kind": t.kind.value, "source": t.source_label()
-                     if hasattr(t, "source_label") else "", "sizes": sizes, "metrics": ",".join(t.metrics)})
+        rows.append({"name": t.name, "group": t.group, "kind": t.kind.value, "source": t.source_label(),
+                     "sizes": t.sizes(cfg.data_dir), "metrics": ",".join(t.metrics)})
     if not rows:
         print(f"no tasks in group {cfg.group!r}")
         return rows

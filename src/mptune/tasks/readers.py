@@ -21,10 +21,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..errors import MptuneError
+
 Rows = list[tuple[Any, dict[str, Any]]]
 
 
-class DataError(ValueError):
+class DataError(MptuneError, ValueError):
     """A data file (or row) does not have the expected shape; message names file:line."""
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import UnknownNameError
 from .base import Source, Task, TaskKind
 from .readers import infer_format
 
@@ -40,7 +41,7 @@ def get_task(name: str) -> Task:
         return _TASKS[k]
     close = difflib.get_close_matches(k, list(_TASKS) + list(ALIASES), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown task {name!r}.{hint} Valid tasks: {', '.join(sorted(_TASKS))}")
+    raise UnknownNameError(f"unknown task {name!r}.{hint} Valid tasks: {', '.join(sorted(_TASKS))}")
 
 
 def list_tasks() -> list[Task]:
