@@ -141,6 +141,7 @@ class Task:
     fields: tuple[str, ...] | None = None
     grouped: bool = False  # examples carry a group (MultiRC): splits cut by group
     description: str = ""
+    asset: str | None = None  # the mptune.assets entry holding this task's files (fetched on demand)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731

@@ -302,7 +302,7 @@ def bigbench(name: str, folder: str, template: str, options: tuple[str, ...], te
         source=Source(files={"all": f"{BB}/{folder}/task.json"}, format="bigbench"),
         template=template, label_words=options, prepare=bigbench_prepare(options, text, group),
         fields=("input", "target_scores"), split="small", holdout=holdout, grouped=group is not None,
-        description=description), aliases=aliases)
+        description=description, asset=folder), aliases=aliases)
 
 
 VITAMINC = bigbench(
@@ -346,7 +346,7 @@ SQUAD_SHIFTS_NYT = register_task(HeldOutTask(
     template="Context: {context}\nQuestion: {question}\nAnswer with a short span copied from the context.\n"
              "Answer:",
     metrics=("squad_em", "squad_f1"), score_metrics=("squad_f1",), prepare=_by_article, grouped=True,
-    split="small", holdout=1000,
+    split="small", holdout=1000, asset="squad_shifts",
     description="SQuAD-Shifts (Miller et al., 2020) New York Times articles, SQuAD v1.1 format via BIG-bench; "
                 "held out by article"), aliases=("squadshifts_nyt", "nyt_qa"))
 
@@ -391,7 +391,7 @@ def vader(domain: str, holdout: int) -> tuple[Task, Task]:
         name=f"vader_{domain}", group="vader", kind=C, source=src,
         template=f"Text: {{text}}\nIs the sentiment of this {what} positive or negative?\nAnswer:",
         label_words=("negative", "positive"), prepare=_polarity_prepare, fields=("id", "rating", "text"),
-        split="small", holdout=holdout, keep=_polar,
+        split="small", holdout=holdout, keep=_polar, asset="vader",
         description=f"VADER {what} sentences: polarity of the mean human rating; |rating| < "
                     f"{VADER_NEUTRAL_BAND} dropped"))
     rating = register_task(HeldOutTask(
@@ -399,7 +399,7 @@ def vader(domain: str, holdout: int) -> tuple[Task, Task]:
         template=f"Text: {{text}}\nRate the sentiment of this {what} from -4 (very negative) to 4 (very "
                  "positive).\nRating:",
         metrics=("pearson", "spearman"), prepare=_rating_prepare, fields=("id", "rating", "text"),
-        split="small", holdout=holdout,
+        split="small", holdout=holdout, asset="vader",
         description=f"VADER {what} sentences: mean human sentiment rating (-4..4), regression"))
     return polarity, rating
 
