@@ -112,6 +112,15 @@ def read_csv(path: str | os.PathLike, fieldnames: list[str] | tuple[str, ...] | 
     return rows
 
 
+def _json(path: Path, text: str, expected: str, line: int | None = None) -> Any:
+    """``json.loads(text)``; invalid JSON raises DataError at ``path:line`` (default: the error's line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line or e.lineno}: invalid JSON ({e.msg} at column {e.colno}); "
+                        f"expected {expected}") from None
+
+
 def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Rows:
     """One JSON object per line; ``required`` keys (dotted paths allowed) must be present."""
     path = Path(path)
@@ -120,11 +129,7 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Rows:
     for i, line in enumerate(_lines(path), 1):
         if not line.strip():
             raise DataError(f"{path}:{i}: blank line, expected a JSON object")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno}); "
-                            "expected one JSON object per line") from None
+        obj = _json(path, line, "one JSON object per line", i)
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
         for key in required:
@@ -189,11 +194,7 @@ def read_bigbench(path: str | os.PathLike) -> Rows:
     text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: empty file, expected a BIG-bench task.json")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno}); "
-                        "expected a BIG-bench task.json") from None
+    doc = _json(path, text, "a BIG-bench task.json")
     if not isinstance(doc, dict) or not isinstance(doc.get("examples"), list):
         raise DataError(f"{path}:1: no 'examples' list; expected a BIG-bench task.json "
                         "{'examples': [{'input': ..., 'target_scores': {...}}, ...]}")
