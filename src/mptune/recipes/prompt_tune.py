@@ -19,7 +19,6 @@ from ..evaluation import evaluate
 from ..losses import TokenNLL
 from ..prompts.io import PromptMeta, save_prompt
 from ..prompts.soft import SoftPrompt, init_prompt_vectors
-from ..tasks import get_task
 from ..utils import atomic_write_json, atomic_write_jsonl, seed_everything
 from . import common
 
@@ -31,7 +30,7 @@ class PromptTuneConfig:
     model: ModelConfig
     """The frozen backbone."""
     task: str
-    """Task name in the registry (see `mptune tasks`)."""
+    """Task name in the registry (see `mptune tasks`), or a task file (.yaml/.yml/.json definition)."""
     output_dir: str
     """Folder for prompt, metrics, predictions, log and checkpoints."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -49,7 +48,7 @@ def run(cfg: PromptTuneConfig) -> dict:
     out = Path(cfg.output_dir)
     seed_everything(cfg.train.seed)
     acc = common.make_accelerator(cfg.train.mixed_precision)
-    task = get_task(cfg.task)
+    task = common.resolve_tasks([cfg.task], cfg.data, "task")[0]
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
     train = common.train_examples(task, cfg.data, cfg.train.seed)
@@ -96,6 +95,6 @@ def run(cfg: PromptTuneConfig) -> dict:
         meta = PromptMeta(kind="soft", backbone=backbone.name, length=best.length, dim=best.dim, tasks=[task.name])
         save_prompt(out / "prompt.safetensors", best.state_tensors(), meta)
         atomic_write_json(out / "metrics.json", metrics)
-        common.write_stage(out, "prompt-tune", cfg)
+        common.write_stage(out, "prompt-tune", cfg, tasks=[task])
     acc.wait_for_everyone()
     return metrics

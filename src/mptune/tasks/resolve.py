@@ -130,14 +130,18 @@ def check_task(task: Task, data_dir: str | os.PathLike | None = None, origin: st
         report.problems.append(Problem(key, msg, f"{origin}:{line}" if origin and line else origin))
 
     raws = list(task.split_map.values()) if task.split == "given" else ["train", "validation"]
+    absent: dict[tuple[str, str], list[str]] = {}  # (key, what) -> "file:line" of each file without that column
     for raw in raws:
         try:
             if task.source.files and all(Path(p).is_absolute() for p in task.source.files.values()):
-                _check_file(task, raw, bad)
+                for k, what, where in _check_file(task, raw, bad):
+                    absent.setdefault((k, what), []).append(where)
             else:  # Hub rows (or a registry task's layout): the loader's own checks
                 loading.load_raw(task, raw, data_dir)
         except DataError as e:
             bad(f"files.{raw}" if task.source.files else "hub", str(e))
+    for (k, what), wheres in absent.items():
+        bad(k, f"{what} is not a column of {', '.join(wheres)}")
     if report.problems:
         return report
     try:
@@ -155,29 +159,27 @@ def check_task(task: Task, data_dir: str | os.PathLike | None = None, origin: st
     return report
 
 
-def _check_file(task: Task, raw: str, bad) -> None:
-    """One data file: its columns against the template / label field, then every row."""
+def _check_file(task: Task, raw: str, bad) -> list[tuple[str, str, str]]:
+    """One data file: every row, once its columns hold the template's fields and the label;
+    else the missing ones as (definition key, what, "file:line (its columns)")."""
     src, key = task.source, f"files.{raw}"
     path = loading.find_file(task, raw, None)
-    fmt = src.format or infer_format(path)
-    rows = read_rows(path, fmt, src.fieldnames if src.headerless else None, ())
+    rows = read_rows(path, src.format or infer_format(path), src.fieldnames if src.headerless else None, ())
     first = rows[0][1]
-    found = sorted(first)
-    label_key = "answers_field" if task.kind == TaskKind.GENERATION else "label_field"
     label = task.answers_field if task.kind == TaskKind.GENERATION else task.label_field
-    missing = False
+    absent = []
     for f in task.required_fields(labeled=True):
         col = src.columns.get(f, f)
         try:
             get_path(first, col)
         except KeyError:
-            missing = True
             what = f"label column {col!r}" if f == label else f"template field {{{f}}}" + \
                 (f" (column {col!r})" if col != f else "")
-            bad(label_key if f == label else ("columns" if col != f else "template"),
-                f"{what} is not in {path}:{rows[0][0]}; its columns are {found}")
-    if missing:
-        return
+            k = ("answers_field" if task.kind == TaskKind.GENERATION else "label_field") if f == label else \
+                ("columns" if col != f else "template")
+            absent.append((k, what, f"{path}:{rows[0][0]} (columns {sorted(first)})"))
+    if absent:
+        return absent
     n_bad = 0
     for uid, where, row in loading.file_rows(task, raw, None, labeled=True):
         try:
@@ -188,6 +190,7 @@ def _check_file(task: Task, raw: str, bad) -> None:
                 bad(_row_key(task, row, where) or key, str(e))
     if n_bad > MAX_ROW_PROBLEMS:
         bad(key, f"{path}: {n_bad - MAX_ROW_PROBLEMS} more bad row(s) not listed")
+    return []
 
 
 def _row_key(task: Task, row: dict, where: str) -> Optional[str]:
@@ -246,7 +249,7 @@ def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, folder: s
     try:
         return get_task(spec)
     except UnknownNameError as e:
-        raise UnknownNameError(f"{key}: {e} Or give a task file (.yaml / .yml / .json definition).") from None
+        raise UnknownNameError(f"{key}: {e}; or give a task file (a .yaml / .yml / .json definition)") from None
 
 
 def is_registered(task: Task) -> bool:
