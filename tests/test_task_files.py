@@ -65,7 +65,7 @@ def test_task_file_through_prompt_tune_then_evaluate_and_predict_after_it_moved(
     assert row["source"] == "colour: a red car" and row["prediction"] in {"no", "yes"} and set(row["scores"]) == {"no", "yes"}
 
 
-def test_mixed_list_in_adapt_and_the_data_dir_rule(tmp_path, tiny_t5_dir, data_dir):
+def test_mixed_list_in_adapt_the_data_dir_rule_and_export(tmp_path, tiny_t5_dir, data_dir):
     f = write_task(tmp_path / "mine", fmt="json")
     out = tmp_path / "adapt"
     # rte comes from data.data_dir; colour's files are not there, so they are read next to colour.json
@@ -77,13 +77,22 @@ def test_mixed_list_in_adapt_and_the_data_dir_rule(tmp_path, tiny_t5_dir, data_d
     assert meta.tasks == ["rte", "colour"]
     assert set(json.loads((out / "metrics.json").read_text())["tasks"]) == {"rte", "colour"}
     assert sorted(p.name for p in (out / "tasks").iterdir()) == ["colour.yaml"]  # registry tasks need no copy
-    # a relative data path is looked up under data_dir first when the file is there
-    other = write_task(data_dir / "colour_data", seed=1)
-    (data_dir / "train.jsonl").write_text((other.parent / "train.jsonl").read_text())
-    t = resolve_task(str(f), data_dir=data_dir)
-    assert t.source.files["train"] == str(data_dir / "train.jsonl")
-    assert t.source.files["dev"] == str(tmp_path / "mine" / "dev.jsonl")
-    (data_dir / "train.jsonl").unlink()
+
+    # a relative data path is looked up under data_dir first, when the file is there
+    other = write_task(tmp_path / "other", seed=1)
+    t = resolve_task(str(f), data_dir=other.parent)
+    assert t.source.files["train"] == str(other.parent / "train.jsonl")
+    (other.parent / "dev.jsonl").unlink()
+    assert resolve_task(str(f), data_dir=other.parent).source.files["dev"] == str(tmp_path / "mine" / "dev.jsonl")
+
+    # the definition travels through a PEFT export and back: evaluate works on the imported folder
+    f.unlink()
+    assert main(["export-peft", f"prompt={out}", f"output_dir={tmp_path / 'peft'}"]) == 0
+    assert main(["export-peft", f"prompt={tmp_path / 'peft'}", f"output_dir={tmp_path / 'back'}",
+                 "direction=import"]) == 0
+    assert (tmp_path / "back" / "tasks" / "colour.yaml").is_file()
+    assert main(["evaluate", f"prompt={tmp_path / 'back'}", "task=colour", "data.eval_limit=4"]) == 0
+    assert json.loads((tmp_path / "back" / "eval-colour-test" / "metrics.json").read_text())["examples"] == 4
 
 
 def test_pipeline_names_a_task_file(tmp_path, tiny_llama_dir, data_dir):

@@ -21,8 +21,9 @@ from ..config import ConfigError, ModelConfig
 from ..prompts import load_prompt, save_prompt
 from ..prompts.decomposed import DecomposedPrompt
 from ..prompts.peft_format import export_peft, import_peft
+from ..tasks.resolve import copy_definitions
 from . import common
-from .evaluate import _model_for
+from .evaluate import _folder, _model_for
 
 
 @dataclass
@@ -71,6 +72,7 @@ def run(cfg: ExportPeftConfig) -> dict:
         export_peft(DecomposedPrompt.from_tensors(tensors, meta), out, kind, base_model=model.name)
     summary = {"direction": cfg.direction, "output_dir": str(out), "tasks": meta.tasks, "length": meta.length,
                "dim": meta.dim, "rank": meta.rank, "backbone": model.name}
+    copy_definitions(_folder(cfg.prompt), out, meta.tasks)  # user tasks' definitions travel with the prompt
     common.write_stage(out, "export-peft" if cfg.direction == "export" else "import-peft",
                        dataclasses.replace(cfg, model=model), extra={"tasks": meta.tasks})
     return summary

@@ -272,3 +272,13 @@ def save_definitions(folder: str | os.PathLike, tasks: Iterable[Task]) -> list[P
         atomic_write_text(f, head + yaml.safe_dump(task_definition(t), sort_keys=False, allow_unicode=True))
         written.append(f)
     return written
+
+
+def copy_definitions(src: str | os.PathLike, dst: str | os.PathLike, names: Iterable[str]) -> None:
+    """Carry the saved definitions of ``names`` from one folder to another (export / import of a prompt)."""
+    import shutil
+
+    for n in names:
+        if (f := saved_definition(src, n)) is not None:
+            (Path(dst) / SAVED).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, Path(dst) / SAVED / f.name)
