@@ -208,5 +208,10 @@ def test_definition_round_trip(tmp_path):
                    metrics=["accuracy", "macro_f1"], description="d")
     t = load_task_file(f, check_data=False).task
     assert task_from_dict(task_definition(t)) == t
+    hub = tmp_path / "hub.yml"
+    hub.write_text("name: tweets\nhub: some/dataset\nconfig: en\ntemplate: 'tweet: {text}'\nlabel_words: [a, b]\n")
+    t = resolve_task(str(hub), check_data=False)
+    assert (t.source.hub, t.source.config, t.source.files) == ("some/dataset", "en", {})
+    assert task_from_dict(task_definition(t)) == t
     with pytest.raises(ValueError, match="cannot express"):
         task_definition(get_task("record"))  # a prepare hook has no definition key

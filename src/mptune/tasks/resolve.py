@@ -209,10 +209,11 @@ def _row_key(task: Task, row: dict, where: str) -> Optional[str]:
 
 def load_task_file(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                    check_data: bool = True) -> TaskCheck:
-    """A definition file -> its :class:`TaskCheck` (task None when the definition itself is broken)."""
+    """A definition file -> its :class:`TaskCheck` (task None when the definition itself is broken);
+    without ``check_data`` only the definition is checked, not its data files."""
     path = Path(path).expanduser().resolve()
     doc, lines = read_task_file(path)
-    task, problems = parse(doc, path.parent, data_dir, str(path), lines)
+    task, problems = parse(doc, path.parent, data_dir, str(path), lines, check_files=check_data)
     if task is None or not check_data:
         return TaskCheck(task, str(path), problems=problems)
     return check_task(task, data_dir, str(path), lines)
