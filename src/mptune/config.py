@@ -123,7 +123,9 @@ class DataConfig:
             _check(self.eval_limit >= 1, "data.eval_limit", "must be >= 1")
 
     def resolved_data_dir(self) -> Optional[str]:
-        return self.data_dir or os.environ.get("MPTUNE_DATA_DIR") or None
+        from .assets import resolve_data_dir  # the one reader of $MPTUNE_DATA_DIR
+
+        return None if (d := resolve_data_dir(self.data_dir)) is None else str(d)
 
 
 @dataclass
