@@ -25,7 +25,7 @@ Data: ``task.load(split, data_dir=...)`` reads original files under
 
 from .base import Example, Source, Task, TaskKind
 from .readers import DataError
-from .registry import ALIASES, get_task, list_tasks, register_task, task_from_dict
+from .registry import ALIASES, assets_for, get_task, list_tasks, register_task, task_from_dict
 from .splits import few_shot
 from . import glue, superglue, qa, others, vader, bigbench  # noqa: F401,E402  (register the entries)
 
@@ -39,5 +39,5 @@ BENCHMARKS = {
 PAPER_TASKS = tuple(dict.fromkeys(SOURCE_TASKS + sum(BENCHMARKS.values(), ())))
 ASSET_TASKS = tuple(t.name for t in list_tasks() if t.asset)  # files from mptune.assets, no Hub copy
 
-__all__ = ["Example", "Source", "Task", "TaskKind", "DataError", "get_task", "list_tasks", "register_task",
+__all__ = ["Example", "assets_for", "Source", "Task", "TaskKind", "DataError", "get_task", "list_tasks", "register_task",
            "task_from_dict", "few_shot", "ALIASES", "SOURCE_TASKS", "BENCHMARKS", "PAPER_TASKS", "ASSET_TASKS"]
