@@ -21,6 +21,7 @@ import yaml
 
 from mptune import assets
 from mptune.assets import Asset, AssetError, Package
+from mptune.tasks import assets_for
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 A, B = b"alpha\n" * 1000, b"beta\r\n"
@@ -333,16 +334,16 @@ def test_task_assets_hold_the_tasks_files():
                                              "presuppositions_as_nli", "epistemic_reasoning", "winowhy"}
     for t in with_asset:
         assert set(t.source.files.values()) <= set(assets.ASSETS[t.asset].files), t.name
-    assert assets.assets_for(["sst2", "rte", "squad"]) == []  # original files or the Hub
-    assert assets.assets_for(["winowhy", "vader_tweets", "vader_movie_rating"]) == ["winowhy", "vader"]
+    assert assets_for(["sst2", "rte", "squad"]) == []  # original files or the Hub
+    assert assets_for(["winowhy", "vader_tweets", "vader_movie_rating"]) == ["winowhy", "vader"]
 
 
 def test_quick_profile_needs_vader_only():
     text = (Path(assets.__file__).parent / "configs" / "quickstart.yaml").read_text()
     quick = yaml.safe_load(text)["quick"]
     tasks = quick["pipeline"]["sources"] + quick["pipeline"]["targets"] + quick.get("optional_targets", [])
-    assert assets.assets_for(tasks) == ["vader"]
-    assert not {assets.ASSETS[n].package for n in assets.assets_for(tasks)} & {assets.BIGBENCH}
+    assert assets_for(tasks) == ["vader"]
+    assert not {assets.ASSETS[n].package for n in assets_for(tasks)} & {assets.BIGBENCH}
 
 
 def test_unknown_asset_name():

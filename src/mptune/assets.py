@@ -15,7 +15,7 @@ installed and no metadata is prepared, so an archive whose metadata pip rejects
 * data: task files from the ``bigbench`` sdist and the VADER ground-truth
   ratings from the ``vaderSentiment`` sdist, laid out as ``bigbench/<task>/task.json``,
   ``bigbench/squad_shifts/*.json`` and ``vader/*_GroundTruth.txt``. A run fetches
-  only what its tasks read (:func:`assets_for`, each task's ``asset``).
+  only what its tasks read (``tasks.assets_for``, each task's ``asset``).
 
 Every archive and file is pinned by sha256 and written atomically (temp file in
 the same folder, then ``os.replace``; downloads go to a ``.download-*`` folder
@@ -553,7 +553,7 @@ def ensure(names: Iterable[str] | str | None = None, cache: str | os.PathLike | 
 def data_dir(cache: str | os.PathLike | None = None, names: Iterable[str] | None = None,
              folder: str | os.PathLike | None = None) -> Path:
     """A folder holding the verified data files of ``names`` (default :data:`DEFAULT_DATA`; a run
-    passes :func:`assets_for` its tasks), usable as ``data_dir`` for the task loaders: ``folder`` or ``$MPTUNE_DATA_DIR`` if it
+    passes ``tasks.assets_for`` its tasks), usable as ``data_dir`` for the task loaders: ``folder`` or ``$MPTUNE_DATA_DIR`` if it
     already holds them all, else ``<cache>/data`` (fetched there if needed)."""
     wanted = _assets(names, DEFAULT_DATA)
     if any(a.root != "data" for a in wanted):
@@ -568,14 +568,6 @@ def data_dir(cache: str | os.PathLike | None = None, names: Iterable[str] | None
         _say(f"{cand} lacks verified copies of {len(bad)} file(s) ("
              + ", ".join(f"{r}: {w}" for r, w in list(bad.items())[:3]) + "…); using the cache instead")
     return ensure([a.name for a in wanted], cache) / "data"
-
-
-def assets_for(task_names: Iterable[str]) -> list[str]:
-    """The data assets that the tasks ``task_names`` read (each task's ``asset``), in first-use
-    order; tasks loaded from the Hub or from the user's own files need none."""
-    from .tasks import get_task  # heavier to import than this module
-
-    return list(dict.fromkeys(a for name in task_names if (a := get_task(name).asset)))
 
 
 def smollm2_model_dir(cache: str | os.PathLike | None = None) -> Path:

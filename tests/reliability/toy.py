@@ -21,7 +21,9 @@ from mptune.utils import seed_everything
 
 
 class Killed(BaseException):
-    """Stands in for SIGKILL inside the process (BaseException: nothing may catch it)."""
+    """An in-process stand-in for a kill, raised inside the run (a BaseException, so nothing in mptune
+    catches it); the process lives on and the test resumes from the files on disk. The real kill is
+    test_checkpoint_resume's SIGKILL of a `mptune prompt-tune` process."""
 
 
 class ToyPrompt(nn.Module):

@@ -30,7 +30,7 @@ from ..engine import Trainer
 from ..losses import TokenNLL
 from ..prompts import load_prompt
 from ..prompts.decomposed import DecomposedPrompt
-from ..prompts.soft import init_prompt_vectors
+from ..prompts.init import init_prompt_vectors
 from ..utils import seed_everything
 from . import common
 from .multitask import MultiTaskData, SamplingConfig, dev_average, save_decomposed

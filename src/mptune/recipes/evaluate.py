@@ -96,9 +96,10 @@ def _setup(prompt: str, model: Optional[ModelConfig], task_name: Optional[str], 
     if name is None:
         raise ConfigError(f"task: the prompt holds tasks {meta.tasks}; choose one with task=...")
     task = common.resolve_tasks([name], data, "task", _folder(prompt), check_data)[0]
-    if task.name not in meta.tasks and meta.kind == "decomposed":
-        raise ConfigError(f"task: {task.name!r} is not among the prompt's tasks {meta.tasks}")
-    task_index = meta.tasks.index(task.name) if task.name in meta.tasks else 0
+    try:
+        task_index = module.task_index(task.name)
+    except KeyError:
+        raise ConfigError(f"task: {task.name!r} is not among the prompt's tasks {meta.tasks}") from None
     return acc, backbone, module.to(acc.device), task, task_index, common.encoder_for(backbone, data)
 
 

@@ -13,29 +13,12 @@ from __future__ import annotations
 import os
 import string
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Callable, Mapping
 
+from . import loading
 from . import metrics as M
 from . import splits
-
-
-class TaskKind(str, Enum):
-    CLASSIFICATION = "classification"
-    REGRESSION = "regression"
-    GENERATION = "generation"
-
-
-@dataclass
-class Example:
-    source: str  # templated model input
-    target: str  # gold target text for teacher forcing ("" when unlabeled)
-    label: Any = None  # class index (classification), float (regression), None (generation)
-    answers: list[str] | None = None  # all gold answers (QA, ReCoRD)
-    choices: list[str] | None = None  # per-example options (ReCoRD entities, COPA, WinoGrande)
-    group: str | None = None  # metric grouping key (MultiRC question)
-    uid: str = ""  # "path:line" for files, "hub/config:split:index" for Hub rows
-    task: str = ""
+from .records import Example, TaskKind
 
 
 @dataclass(frozen=True)
@@ -93,7 +76,7 @@ class Task:
     rows before that (e.g. VADER's neutral band); a ValueError it raises is
     reported with the row's file:line.
     ``asset``: the :mod:`mptune.assets` entry that holds the task's files, fetched
-    when a run needs it (``assets.assets_for``).
+    when a run needs it (``tasks.assets_for``).
     """
 
     name: str
@@ -183,37 +166,25 @@ class Task:
     def load(self, split: str, data_dir: str | os.PathLike | None = None, seed: int = 42,
              limit: int | None = None) -> list[Example]:
         """Examples of a paper split (``train`` | ``dev`` | ``test``): :func:`.loading.load`."""
-        from .loading import load
-
-        return load(self, split, data_dir, seed, limit)
+        return loading.load(self, split, data_dir, seed, limit)
 
     def load_raw(self, raw_split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
         """All examples of a released split, in file order: :func:`.loading.load_raw`."""
-        from .loading import load_raw
-
-        return load_raw(self, raw_split, data_dir)
+        return loading.load_raw(self, raw_split, data_dir)
 
     def sizes(self, data_dir: str | os.PathLike | None = None) -> dict[str, int | None]:
         """Sizes of the paper's train / dev / test (None: unknown): :func:`.loading.sizes`."""
-        from .loading import sizes
-
-        return sizes(self, data_dir)
+        return loading.sizes(self, data_dir)
 
     def resolved_split(self, data_dir: str | os.PathLike | None = None) -> str:
-        from .loading import resolved_split
-
-        return resolved_split(self, data_dir)
+        return loading.resolved_split(self, data_dir)
 
     def to_example(self, row: dict, uid: str = "", where: str = "", labeled: bool = True) -> Example:
         """One Hub-shaped row -> :class:`Example`: :func:`.loading.to_example`."""
-        from .loading import to_example
-
-        return to_example(self, row, uid, where, labeled)
+        return loading.to_example(self, row, uid, where, labeled)
 
     def label_id(self, value: Any, choices: list[str] | None = None, where: str = "") -> int:
-        from .loading import label_id
-
-        return label_id(self, value, choices, where)
+        return loading.label_id(self, value, choices, where)
 
     def score(self, examples: list[Example], predictions: list) -> dict[str, float]:
         """Every metric (0..100) plus ``score``: :func:`.metrics.score`."""

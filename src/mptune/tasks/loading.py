@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from ..assets import resolve_data_dir
 from . import splits
-from .base import Example, TaskKind
+from .records import Example, TaskKind
 from .readers import DataError, get_path, infer_format, read_rows
 
 if TYPE_CHECKING:

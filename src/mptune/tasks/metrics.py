@@ -36,7 +36,8 @@ from scipy import stats
 from sklearn import metrics as skm
 
 if TYPE_CHECKING:
-    from .base import Example, Task
+    from .base import Task
+    from .records import Example
 
 
 def fix_invalid(preds: list[int], golds: list[int]) -> list[int]:

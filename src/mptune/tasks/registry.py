@@ -40,6 +40,12 @@ def get_task(name: str) -> Task:
     raise UnknownNameError(f"unknown task {name!r}.{hint} Valid tasks: {', '.join(sorted(_TASKS))}")
 
 
+def assets_for(task_names) -> list[str]:
+    """The data assets (``mptune.assets`` names) that the tasks ``task_names`` read (each task's
+    ``asset``), in first-use order; tasks loaded from the Hub or the user's own files need none."""
+    return list(dict.fromkeys(a for name in task_names if (a := get_task(name).asset)))
+
+
 def list_tasks() -> list[Task]:
     """All registered tasks, in registration order (sources, GLUE, SuperGLUE, MRQA, others, user)."""
     return list(_TASKS.values())

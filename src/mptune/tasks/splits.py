@@ -33,7 +33,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from .base import Example
+    from .records import Example
 
 PAPER_SPLITS = ("train", "dev", "test")
 SMALL_LIMIT = 10_000
