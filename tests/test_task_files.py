@@ -87,11 +87,12 @@ def test_mixed_list_in_adapt_the_data_dir_rule_and_export(tmp_path, tiny_t5_dir,
 
     # the definition travels through a PEFT export and back: evaluate works on the imported folder
     f.unlink()
-    assert main(["export-peft", f"prompt={out}", f"output_dir={tmp_path / 'peft'}"]) == 0
-    assert main(["export-peft", f"prompt={tmp_path / 'peft'}", f"output_dir={tmp_path / 'back'}",
+    assert main(["export-peft", f"prompt={out}", f"output_dir={tmp_path / 'peft'}"]) == 0  # one folder per task
+    assert (tmp_path / "peft" / "colour" / "tasks" / "colour.yaml").is_file()
+    assert main(["export-peft", f"prompt={tmp_path / 'peft' / 'colour'}", f"output_dir={tmp_path / 'back'}",
                  "direction=import"]) == 0
     assert (tmp_path / "back" / "tasks" / "colour.yaml").is_file()
-    assert main(["evaluate", f"prompt={tmp_path / 'back'}", "task=colour", "data.eval_limit=4"]) == 0
+    assert main(["evaluate", f"prompt={tmp_path / 'back'}", "data.eval_limit=4"]) == 0
     assert json.loads((tmp_path / "back" / "eval-colour-test" / "metrics.json").read_text())["examples"] == 4
 
 

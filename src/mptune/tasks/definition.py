@@ -30,7 +30,8 @@ from typing import Any, Mapping
 from ..errors import MptuneError
 from . import metrics as M
 from . import splits
-from .base import Source, Task, TaskKind
+from .base import Source, Task
+from .records import TaskKind
 from .readers import FORMATS, infer_format
 
 USER_KEYS = {

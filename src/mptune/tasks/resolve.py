@@ -26,7 +26,8 @@ import yaml
 
 from ..errors import MissingFileError, UnknownNameError
 from . import loading, splits
-from .base import Example, Task, TaskKind
+from .base import Task
+from .records import Example, TaskKind
 from .definition import Problem, parse, raise_problems, task_definition, task_from_dict
 from .readers import DataError, get_path, infer_format, read_rows, read_text
 from .registry import get_task
