@@ -75,6 +75,12 @@ class Problem:
     def __str__(self) -> str:
         return ": ".join(x for x in (self.where, self.key, self.message) if x)
 
+    @classmethod
+    def at(cls, key: str, message: str, origin: str = "", lines: Mapping[str, int] | None = None) -> "Problem":
+        """A problem at ``key`` of the definition file ``origin``, at the key's line (else its parent's)."""
+        line = (lines or {}).get(key, (lines or {}).get(key.split(".")[0]))
+        return cls(key, message, f"{origin}:{line}" if origin and line else origin)
+
 
 def raise_problems(problems: list[Problem], origin: str = "", hint: str = "") -> None:
     """Nothing if no problems; else one TaskDefinitionError listing them all."""
@@ -106,12 +112,10 @@ def parse(d: Any, base_dir: str | os.PathLike | None = None, data_dir: str | os.
     ``origin`` (the file) and ``lines`` (key -> line, dotted for nested keys) say where each
     problem is. ``check_files``: a data file that does not exist is a problem too.
     """
-    lines = lines or {}
     problems: list[Problem] = []
 
     def bad(key: str, msg: str) -> None:
-        line = lines.get(key, lines.get(key.split(".")[0]))
-        problems.append(Problem(key, msg, f"{origin}:{line}" if origin and line else origin))
+        problems.append(Problem.at(key, msg, origin, lines))
 
     if not isinstance(d, dict):
         bad("", f"a task definition is a mapping of keys ({', '.join(USER_KEYS)}), got {type(d).__name__}")

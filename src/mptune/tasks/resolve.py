@@ -113,7 +113,7 @@ class TaskCheck:
 
 
 SPLIT_RULES = {
-    "given": "train / dev / test files used as they are",
+    "given": "the given train / dev / test splits used as they are",
     "small": "train used as is; validation shuffled (seed 42) and halved into dev / test",
     "large": f"{splits.LARGE_DEV_SIZE} shuffled training examples held out as dev; validation = test",
     "auto": f"small below {splits.SMALL_LIMIT:,} training examples, else large",
@@ -123,12 +123,10 @@ SPLIT_RULES = {
 def check_task(task: Task, data_dir: str | os.PathLike | None = None, origin: str = "",
                lines: Optional[dict[str, int]] = None) -> TaskCheck:
     """Load every split of ``task`` as a run would, collecting what is wrong instead of stopping."""
-    lines = lines or {}
     report = TaskCheck(task, origin)
 
     def bad(key: str, msg: str) -> None:
-        line = lines.get(key, lines.get(key.split(".")[0]))
-        report.problems.append(Problem(key, msg, f"{origin}:{line}" if origin and line else origin))
+        report.problems.append(Problem.at(key, msg, origin, lines))
 
     raws = list(task.split_map.values()) if task.split == "given" else ["train", "validation"]
     absent: dict[tuple[str, str], list[str]] = {}  # (key, what) -> "file:line" of each file without that column
@@ -139,7 +137,7 @@ def check_task(task: Task, data_dir: str | os.PathLike | None = None, origin: st
                     absent.setdefault((k, what), []).append(where)
             else:  # Hub rows (or a registry task's layout): the loader's own checks
                 loading.load_raw(task, raw, data_dir)
-        except DataError as e:
+        except (DataError, OSError) as e:  # OSError: also the Hub out of reach
             bad(f"files.{raw}" if task.source.files else "hub", str(e))
     for (k, what), wheres in absent.items():
         bad(k, f"{what} is not a column of {', '.join(wheres)}")
