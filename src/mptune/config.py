@@ -98,7 +98,8 @@ class DataConfig:
     """Where examples come from and how they are tokenised."""
 
     data_dir: Optional[str] = None
-    """Folder of original release files (GLUE .tsv, SuperGLUE .jsonl, ...); default $MPTUNE_DATA_DIR, else the Hub."""
+    """Folder of original release files (GLUE .tsv, SuperGLUE .jsonl, ...); default $MPTUNE_DATA_DIR, else the Hub.
+    A task file's relative data paths are looked up here first (when the file is there), else next to the task file."""
     max_source_length: int = 256
     """Source tokens kept per example (longer inputs are truncated)."""
     max_target_length: int = 128

@@ -71,7 +71,7 @@ class DistillConfig:
     model: ModelConfig
     """The frozen backbone (the teachers' backbone)."""
     tasks: list[str]
-    """Source tasks (the paper: mnli, qnli, qqp, sst2, squad, record)."""
+    """Source tasks (the paper: mnli, qnli, qqp, sst2, squad, record): registry names or task files."""
     output_dir: str
     """Stage folder to write."""
     teachers_dir: Optional[str] = None
@@ -117,7 +117,7 @@ def run(cfg: DistillConfig) -> dict:
     data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train.seed)
     teachers = None
     if cfg.teachers_dir is not None and (cfg.distill.weight > 0 or cfg.shared_init == "teachers"):
-        teachers = teacher_table(Path(cfg.teachers_dir), cfg.tasks, backbone).to(acc.device)
+        teachers = teacher_table(Path(cfg.teachers_dir), data.names, backbone).to(acc.device)
     if cfg.shared_init == "teachers":
         shared = teachers.mean(0).cpu()
     else:
@@ -126,7 +126,7 @@ def run(cfg: DistillConfig) -> dict:
     l = shared.shape[0]
     if cfg.rank > min(l, backbone.hidden_size):
         raise ConfigError(f"rank: {cfg.rank} exceeds min(l, d) = {min(l, backbone.hidden_size)}")
-    prompt = DecomposedPrompt(shared, cfg.tasks, cfg.rank).to(acc.device)
+    prompt = DecomposedPrompt(shared, data.names, cfg.rank).to(acc.device)
     groups = prompt.param_groups(cfg.train.lr, cfg.lr_task or cfg.train.lr)
     for g in groups:  # the setting behind each lr: a resume that finds it changed is refused, naming it
         g["name"] = "train.lr" if g["params"][0] is prompt.shared else "lr_task"
@@ -180,4 +180,4 @@ def run(cfg: DistillConfig) -> dict:
         tcache.flush()
 
     # -- save --------------------------------------------------------------
-    return save_decomposed("distill", cfg, result, cfg.tasks, cfg.rank, groups, backbone, data, encoder, acc, out)
+    return save_decomposed("distill", cfg, result, data.names, cfg.rank, groups, backbone, data, encoder, acc, out)

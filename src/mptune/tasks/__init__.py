@@ -21,11 +21,16 @@ number.
 
 Data: ``task.load(split, data_dir=...)`` reads original files under
 ``data_dir`` (or ``$MPTUNE_DATA_DIR``), else the Hugging Face Hub.
+
+Your own task: a YAML/JSON definition file (``definition.py``), accepted wherever
+a task name is (``resolve.py``: ``resolve_task("data/reviews.yaml")``).
 """
 
 from .base import Example, Source, Task, TaskKind
 from .readers import DataError
-from .registry import ALIASES, assets_for, get_task, list_tasks, register_task, task_from_dict
+from .registry import ALIASES, assets_for, get_task, list_tasks, register_task
+from .definition import TaskDefinitionError, task_from_dict
+from .resolve import resolve_task
 from .splits import few_shot
 from . import glue, superglue, qa, others, vader, bigbench  # noqa: F401,E402  (register the entries)
 
@@ -39,5 +44,6 @@ BENCHMARKS = {
 PAPER_TASKS = tuple(dict.fromkeys(SOURCE_TASKS + sum(BENCHMARKS.values(), ())))
 ASSET_TASKS = tuple(t.name for t in list_tasks() if t.asset)  # files from mptune.assets, no Hub copy
 
-__all__ = ["Example", "assets_for", "Source", "Task", "TaskKind", "DataError", "get_task", "list_tasks", "register_task",
-           "task_from_dict", "few_shot", "ALIASES", "SOURCE_TASKS", "BENCHMARKS", "PAPER_TASKS", "ASSET_TASKS"]
+__all__ = ["Example", "assets_for", "Source", "Task", "TaskKind", "DataError", "get_task", "list_tasks",
+           "register_task", "task_from_dict", "TaskDefinitionError", "resolve_task", "few_shot", "ALIASES",
+           "SOURCE_TASKS", "BENCHMARKS", "PAPER_TASKS", "ASSET_TASKS"]
