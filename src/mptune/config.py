@@ -38,10 +38,17 @@ class PromptInit(str, Enum):
     """How a soft prompt's vectors start."""
 
     # Member names equal their values, so YAML/CLI spell them the same way (jsonargparse parses names).
-    vocab = "vocab"  # embeddings of tokens sampled from the first `init_vocab_size` ids (paper)
+    vocab = "vocab"  # embeddings of distinct ids drawn from the first `init_vocab_size` ids (ATTEMPT's init)
     text = "text"  # embeddings of `init_text`, repeated to length l
     random = "random"  # normal noise with the embedding table's std
     prompts = "prompts"  # average of saved soft prompts (SPoT-style transfer)
+
+
+class Reduction(str, Enum):
+    """How a loss term reduces over an example's positions (or over the hidden size)."""
+
+    mean = "mean"
+    sum = "sum"
 
 
 @dataclass
@@ -73,9 +80,9 @@ class PromptConfig:
     """The soft prompt."""
 
     length: int = 100
-    """Number of virtual tokens l (the paper uses 100)."""
+    """Number of virtual tokens l (ATTEMPT's configs use 100)."""
     init: PromptInit = PromptInit.vocab
-    """Initialisation: vocab (sampled token embeddings, the paper's setup), text, or random."""
+    """Initialisation: vocab (embeddings of sampled token ids, as ATTEMPT's prompt tuning), text, or random."""
     init_text: Optional[str] = None
     """Text whose token embeddings start the prompt (init=text)."""
     init_vocab_size: int = 5000
@@ -131,7 +138,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (paper: lr 0.3, batch 32, AdamW, warmup + linear decay)."""
+    """Optimisation (ATTEMPT's configs: lr 0.3, batch 32, AdamW, 500 warmup steps + linear decay)."""
 
     max_steps: int = 1000
     """Optimizer steps."""
@@ -161,6 +168,10 @@ class TrainConfig:
     """Seed for data order and initialisation."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision on GPU (accelerate)."""
+    token_reduction: Reduction = Reduction.mean
+    """Each example's loss over its target tokens: mean or sum (L_PLM, and in distillation L_logits and
+    L_hidden); the batch is then averaged over examples either way. Sum weighs long targets more and scales
+    the loss (so clipping and λ act differently)."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
@@ -177,6 +188,7 @@ class TrainConfig:
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        self.token_reduction = Reduction(self.token_reduction)
 
 
 def to_dict(cfg: Any) -> dict:

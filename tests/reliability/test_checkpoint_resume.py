@@ -323,7 +323,7 @@ ADAPT = ["tasks=[rte]", "prompt.length=4", "train.batch_size=4", "train.max_step
          "train.lr=0.3"]
 
 
-@pytest.mark.parametrize("command", [["adapt"], ["distill", "shared_init=vocab", "distill.weight=0"]])
+@pytest.mark.parametrize("command", [["adapt"], ["distill", "distill.shared_init=vocab", "distill.weight=0"]])
 def test_resume_refuses_a_changed_per_group_learning_rate(tmp_path, tiny_llama_dir, capsys, command):
     """Issue #15.7 on a tiny Llama: adapt with lr_task=0.01 for 6 steps, then resume from step 3 with
     lr_task=5.0. The checkpoint's param groups used to replace the new lr silently (exit 0, the prompt

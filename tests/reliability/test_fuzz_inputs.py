@@ -388,7 +388,7 @@ def rank_args(tmp_path, tiny_llama_dir):
 
 
 def test_rank_larger_than_min_l_d_is_refused(rank_args):
-    rc, err = _run_cli(["distill", *rank_args, "shared_init=vocab", "distill.weight=0", "rank=5"])
+    rc, err = _run_cli(["distill", *rank_args, "distill.shared_init=vocab", "distill.weight=0", "rank=5"])
     assert rc == 2 and "rank: 5 exceeds min(l, d) = 4" in err, err
     tally("bad inputs: config impossible values / wrong types")
 

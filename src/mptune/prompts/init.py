@@ -19,8 +19,10 @@ def init_prompt_vectors(cfg: PromptConfig, embeddings: nn.Embedding, tokenizer=N
     table = embeddings.weight.detach().float().cpu()
     l, (vocab, d) = cfg.length, table.shape
     if cfg.init == PromptInit.vocab:
-        # The paper: embeddings of tokens sampled from the 5,000 most common ids.
-        ids = torch.randint(0, min(cfg.init_vocab_size, vocab), (l,), generator=generator)
+        # l distinct ids among the first n ids (ATTEMPT: np.random.permutation(range(5000))[:l],
+        # modeling_t5.py:1759-1764); l > n repeats whole permutations, so no id comes up twice more than another.
+        n = min(cfg.init_vocab_size, vocab)
+        ids = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-l // n))])[:l]
     elif cfg.init == PromptInit.text:
         if tokenizer is None:
             raise ValueError("prompt.init=text needs the backbone's tokenizer")

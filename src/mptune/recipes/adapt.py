@@ -124,7 +124,7 @@ def run(cfg: AdaptConfig) -> dict:
     groups = prompt.param_groups(cfg.lr_shared or cfg.train.lr, cfg.lr_task or cfg.train.lr, cfg.freeze_shared)
     for g in groups:  # the setting behind each lr: a resume that finds it changed is refused, naming it
         g["name"] = "lr_shared" if g["params"][0] is prompt.shared else "lr_task"
-    nll = TokenNLL()
+    nll = TokenNLL(cfg.train.token_reduction)
 
     def make_batch(idx: list[int]) -> dict:
         b = collate([data.features[i] for i in idx], backbone.kind, backbone.pad_id)

@@ -22,7 +22,8 @@ class SamplingConfig:
     """How a batch draws on several tasks."""
 
     mode: Literal["sample", "concat"] = "sample"
-    """sample: each step draws K tasks and fills the batch from them (the paper); concat: shuffle all tasks together."""
+    """sample: each step draws K tasks and fills the batch from them (stochastic task sampling, as the README
+    describes MPT; not checked against the paper); concat: shuffle all tasks together (ATTEMPT's multi-task mixing)."""
     k_min: int = 2
     """Fewest tasks per batch (capped at the number of tasks)."""
     k_max: Optional[int] = None

@@ -59,7 +59,7 @@ def run(cfg: PromptTuneConfig) -> dict:
     g = torch.Generator().manual_seed(cfg.train.seed)
     init = init_prompt_vectors(cfg.prompt, backbone.model.get_input_embeddings(), backbone.tokenizer, g)
     prompt = SoftPrompt(cfg.prompt.length, backbone.hidden_size, init).to(acc.device)
-    nll = TokenNLL()
+    nll = TokenNLL(cfg.train.token_reduction)
 
     def make_batch(idx: list[int]) -> dict:
         b = collate([feats[i] for i in idx], backbone.kind, backbone.pad_id)
