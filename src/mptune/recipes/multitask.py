@@ -12,7 +12,7 @@ import torch
 from ..config import ConfigError, DataConfig, _check
 from ..data import Feature, LazyFeatures, ShuffledBatches, TaskMixingBatches, TextEncoder
 from ..evaluation import evaluate
-from ..tasks import Example, Task, get_task
+from ..tasks import Example, Task
 from ..utils import atomic_write_jsonl
 from . import common
 
@@ -44,11 +44,13 @@ class MultiTaskData:
     dev: list[list[Example]]
     features: Sequence[Feature] = field(default_factory=list)
 
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
     @classmethod
-    def load(cls, names: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
-        if len(set(names)) != len(names):
-            raise ConfigError(f"tasks: duplicate task names in {list(names)}")
-        tasks = [get_task(n) for n in names]
+    def load(cls, specs: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
+        tasks = common.resolve_tasks(specs, data, "tasks")  # registry names or task files
         train = [common.train_examples(t, data, sample_seed) for t in tasks]
         dev = [common.eval_examples(t, "dev", data) for t in tasks]
         feats = LazyFeatures([(e, k) for k, ex in enumerate(train) for e in ex], encoder)
@@ -123,6 +125,6 @@ def save_decomposed(stage: str, cfg, result, tasks: Sequence[str], rank: int, gr
     if accelerator.is_main_process:
         save_prompt(out / "prompt.safetensors", best.state_tensors(), best.meta(backbone.name))
         atomic_write_json(out / "metrics.json", metrics)
-        common.write_stage(out, stage, cfg)
+        common.write_stage(out, stage, cfg, tasks=data.tasks)
     accelerator.wait_for_everyone()
     return metrics

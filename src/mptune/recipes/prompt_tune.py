@@ -17,9 +17,9 @@ from ..data import ShuffledBatches, collate
 from ..engine import Trainer
 from ..evaluation import evaluate
 from ..losses import TokenNLL
-from ..prompts.io import PromptMeta, save_prompt
-from ..prompts.soft import SoftPrompt, init_prompt_vectors
-from ..tasks import get_task
+from ..prompts.io import save_module
+from ..prompts.init import init_prompt_vectors
+from ..prompts.soft import SoftPrompt
 from ..utils import atomic_write_json, atomic_write_jsonl, seed_everything
 from . import common
 
@@ -31,7 +31,7 @@ class PromptTuneConfig:
     model: ModelConfig
     """The frozen backbone."""
     task: str
-    """Task name in the registry (see `mptune tasks`)."""
+    """Task name in the registry (see `mptune tasks`), or a task file (.yaml/.yml/.json definition)."""
     output_dir: str
     """Folder for prompt, metrics, predictions, log and checkpoints."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -49,7 +49,7 @@ def run(cfg: PromptTuneConfig) -> dict:
     out = Path(cfg.output_dir)
     seed_everything(cfg.train.seed)
     acc = common.make_accelerator(cfg.train.mixed_precision)
-    task = get_task(cfg.task)
+    task = common.resolve_tasks([cfg.task], cfg.data, "task")[0]
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
     train = common.train_examples(task, cfg.data, cfg.train.seed)
@@ -83,7 +83,8 @@ def run(cfg: PromptTuneConfig) -> dict:
     result = trainer.fit()
 
     # -- save --------------------------------------------------------------
-    best = SoftPrompt(cfg.prompt.length, backbone.hidden_size, result.best_tensors["weight"]).to(acc.device)
+    best = SoftPrompt(cfg.prompt.length, backbone.hidden_size, result.best_tensors["weight"],
+                      [task.name]).to(acc.device)
     metrics = {"task": task.name, "best_step": result.best_step, "dev_history": result.history,
                "trainable_params": best.weight.numel(), "backbone_params": common.backbone_params(backbone),
                "train_examples": len(train)}
@@ -93,9 +94,8 @@ def run(cfg: PromptTuneConfig) -> dict:
         if acc.is_main_process:
             atomic_write_jsonl(out / f"predictions_{split}.jsonl", r.rows)
     if acc.is_main_process:
-        meta = PromptMeta(kind="soft", backbone=backbone.name, length=best.length, dim=best.dim, tasks=[task.name])
-        save_prompt(out / "prompt.safetensors", best.state_tensors(), meta)
+        save_module(out / "prompt.safetensors", best, backbone.name)
         atomic_write_json(out / "metrics.json", metrics)
-        common.write_stage(out, "prompt-tune", cfg)
+        common.write_stage(out, "prompt-tune", cfg, tasks=[task])
     acc.wait_for_everyone()
     return metrics
