@@ -21,6 +21,11 @@ class MptuneError(Exception):
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
+class TrainingError(MptuneError, RuntimeError):
+    """A run cannot go on (non-finite loss, unsupported distributed setup). Here, not in engine.py, so
+    that sharding.py raises it without importing the training loop."""
+
+
 class UnknownNameError(MptuneError, KeyError):
     """A name looked up and not found (a task in the registry or in a prompt); the message lists the valid ones."""
 
