@@ -2,7 +2,7 @@
 
 setup -> train (dev eval every N steps, best prompt kept) -> save -> test.
 Output folder: config.yaml, stage.json, prompt.safetensors, metrics.json,
-predictions_{dev,test}.jsonl, log.jsonl, checkpoints/.
+predictions_<task>_{dev,test}.jsonl, log.jsonl, checkpoints/ (see recipes/common.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..losses import TokenNLL
 from ..prompts.io import PromptMeta, save_prompt
 from ..prompts.soft import SoftPrompt, init_prompt_vectors
 from ..tasks import get_task
-from ..utils import atomic_write_json, atomic_write_jsonl, seed_everything
+from ..utils import seed_everything
 from . import common
 
 
@@ -84,18 +84,7 @@ def run(cfg: PromptTuneConfig) -> dict:
 
     # -- save --------------------------------------------------------------
     best = SoftPrompt(cfg.prompt.length, backbone.hidden_size, result.best_tensors["weight"]).to(acc.device)
-    metrics = {"task": task.name, "best_step": result.best_step, "dev_history": result.history,
-               "trainable_params": best.weight.numel(), "backbone_params": common.backbone_params(backbone),
-               "train_examples": len(train)}
-    for split, examples in (("dev", dev), ("test", common.eval_examples(task, "test", cfg.data))):
-        r = evaluate(backbone, best, task, examples, encoder, cfg.train.eval_batch_size, accelerator=acc)
-        metrics[split] = r.metrics
-        if acc.is_main_process:
-            atomic_write_jsonl(out / f"predictions_{split}.jsonl", r.rows)
-    if acc.is_main_process:
-        meta = PromptMeta(kind="soft", backbone=backbone.name, length=best.length, dim=best.dim, tasks=[task.name])
-        save_prompt(out / "prompt.safetensors", best.state_tensors(), meta)
-        atomic_write_json(out / "metrics.json", metrics)
-        common.write_stage(out, "prompt-tune", cfg)
-    acc.wait_for_everyone()
-    return metrics
+    meta = PromptMeta(kind="soft", backbone=backbone.name, length=best.length, dim=best.dim, tasks=[task.name])
+    return common.finish("prompt-tune", cfg, out, acc, backbone, encoder, best, [task], [train], [dev], result,
+                         best.weight.numel(), best.weight.numel(),
+                         lambda path: save_prompt(path, best.state_tensors(), meta))
