@@ -7,6 +7,8 @@ one of ``workers`` spawned processes with ``threads`` torch threads; a stage sta
 as soon as the stages it needs are done, earliest in the plan first. On a small
 model two 1-thread processes usually get more out of 2 cores than one 2-thread
 process (small matrices parallelise poorly). ``workers = 1`` runs in this process.
+Spawned workers import the caller's main module, so a script that calls this with
+``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
 
 Every stage gets a record: start and finish times (epoch seconds, so stages that
 overlapped keep their own wall time) and the CPU seconds of its process.

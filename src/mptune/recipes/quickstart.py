@@ -338,8 +338,9 @@ def markdown(results: dict, plotted: bool = True) -> str:
         what = "full training data" if setting == "full" else f"few-shot {setting}"
         first = methods[next(iter(methods))]["tasks"]
         lines += [f"## Target tasks, {what}: test score" + (f", mean ± std over {n} seeds" if n > 1 else ""), "",
-                  "| method | " + " | ".join(f"{x} ({first[x]['metric']}, {first[x]['n_test']} test)"
-                                            for x in targets) + " | average | trainable params / task |",
+                  "| method | " + " | ".join(f"{x} ({first[x]['metric']}" + (f", {first[x]['n_test']} test)"
+                                            if first[x]["n_test"] else ")") for x in targets)
+                  + " | average | trainable params / task |",
                   "|---" * (len(targets) + 3) + "|"]
         for method, cell in methods.items():
             avg = cell["average"]
