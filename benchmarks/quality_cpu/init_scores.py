@@ -42,10 +42,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from mptune.config import load_yaml, parse
     from mptune.evaluation import evaluate
-    from mptune.plan import METHODS, SOURCES, source_stage, teacher_stage
+    from mptune.plan import METHODS, SOURCES, Layout
     from mptune.prompts import load_prompt
     from mptune.prompts.decomposed import DecomposedPrompt
-    from mptune.prompts.soft import init_prompt_vectors
+    from mptune.prompts.init import init_prompt_vectors
     from mptune.recipes import common
     from mptune.recipes.pipeline import PipelineConfig
     from mptune.tasks import get_task
@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     run = Path(args.run_dir)
     cfg = parse(PipelineConfig, load_yaml(run / "config.yaml"), source=str(run / "config.yaml"))
     cfg = dataclasses.replace(cfg, output_dir=str(run))  # the folder may have moved since
+    layout = Layout(cfg, check_data=False)
     from mptune.backbone import load_backbone
 
     bb = load_backbone(cfg.model)
@@ -60,13 +61,13 @@ def main(argv=None) -> int:
     inits: dict[str, torch.Tensor] = {}
     g = torch.Generator().manual_seed(args.seed)
     inits["pt (vocab init)"] = init_prompt_vectors(cfg.prompt, bb.model.get_input_embeddings(), bb.tokenizer, g)
-    teachers = [load_prompt(teacher_stage(cfg, s).folder, backbone=bb.name, dim=bb.hidden_size)[0]["prompt"]
+    teachers = [load_prompt(layout.teacher(s).folder, backbone=bb.name, dim=bb.hidden_size)[0]["prompt"]
                 for s in cfg.sources]
     inits["spot (teachers' average)"] = torch.stack(teachers).mean(0)
     for s, t in zip(cfg.sources, teachers):
         inits[f"teacher {s}"] = t
     for v in SOURCES:
-        stage = source_stage(cfg, v)
+        stage = layout.source(v)
         if (stage.folder / "prompt.safetensors").is_file():
             tensors, meta = load_prompt(stage.folder, backbone=bb.name, dim=bb.hidden_size)
             name = next(m.name for m in METHODS.values() if m.source == v)  # the method adapting from it

@@ -63,29 +63,30 @@ def _mean_std(vals: list[float]) -> dict:
 def collect(cfg, planned: list, fewshot_methods: list[str], controls: list[str] = ()) -> dict:
     """Test scores per (setting, method, task, seed); averages over all targets and over the targets
     that are not controls (tasks the sources are not expected to help, e.g. CoLA for sentiment sources)."""
+    from mptune.plan import Layout, task_metric, task_runs
     from mptune.plan import settings as settings_of
-    from mptune.plan import task_metric, task_runs
     from mptune.recipes import common
 
     from compare import per_seed_average  # this folder, the script's sys.path[0]
 
     runs = task_runs(planned)
+    targets = Layout(cfg, check_data=False).target_names()
     settings = {}
     for setting in settings_of(cfg):
         ms = cfg.methods if setting == "full" else [m for m in cfg.methods if m in fewshot_methods]
         sres = settings[setting] = {}
         for method in ms:
             tasks = {}
-            main_targets = [t for t in cfg.targets if t not in controls]
-            for task in cfg.targets:
+            main_targets = [t for t in targets if t not in controls]
+            for task in targets:
                 by_seed = runs.get(setting, {}).get(method, {}).get(task, {})
                 seeds = {str(seed): {"test": r.entry["test"]["score"], "dev": r.entry["dev"].get("score"),
                                      "best_step": r.best_step, "metrics": r.entry["test"]}
                          for seed, r in sorted(by_seed.items(), key=lambda x: cfg.seeds.index(x[0]))}
-                tasks[task] = {"metric": task_metric(task), **_mean_std([s["test"] for s in seeds.values()]),
-                               "seeds": seeds}
-            per_seed_avg = per_seed_average(tasks, cfg.targets)
-            per_seed_main = per_seed_average(tasks, main_targets, require=cfg.targets)
+                metric = task_metric(next(iter(by_seed.values()))) if by_seed else None
+                tasks[task] = {"metric": metric, **_mean_std([s["test"] for s in seeds.values()]), "seeds": seeds}
+            per_seed_avg = per_seed_average(tasks, targets)
+            per_seed_main = per_seed_average(tasks, main_targets, require=targets)
             sres[method] = {"tasks": tasks, "average": {**_mean_std(list(per_seed_avg.values())),
                                                         "per_seed": per_seed_avg}}
             if controls:

@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,13 @@ def resolve_model_source(cfg: ModelConfig) -> tuple[str, Optional[str]]:
     p = Path(name)
     if name.endswith(".gguf"):
         if not p.is_file():
-            raise FileNotFoundError(f"model.name: GGUF file not found: {name}")
+            raise MissingFileError(f"model.name: GGUF file not found: {name}")
         return str(p.parent), p.name
     # A Hub id is "name" or "org/name"; anything else that is meant as a path (absolute, ./ ../ ~, or
     # deeper than org/name) must exist here, else transformers reports a confusing "Repo id" error.
     looks_local = p.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
     if looks_local and not p.expanduser().exists():
-        raise FileNotFoundError(f"model.name: local model folder not found: {name} "
+        raise MissingFileError(f"model.name: local model folder not found: {name} "
                                 f"(a Hugging Face Hub id has the form 'org/name')")
     return str(p.expanduser()) if looks_local else name, gguf
 

@@ -1,24 +1,31 @@
 """Typed, validated configuration shared by every stage.
 
 Each stage (recipe) takes one top-level dataclass made of the sections below.
-The CLI builds its options from these dataclasses (jsonargparse reads the field
-docstrings for ``--help``); YAML files and ``key=value`` overrides go through the
-same parser, so an unknown key is always an error naming the key.
+The CLI builds its options from these dataclasses (:func:`parser_for`: jsonargparse
+reads the field docstrings for ``--help``); YAML files and ``key=value`` overrides
+go through the same parser (:func:`parse`), so an unknown key is always an error
+naming the key. This module sits below the CLI and the recipes: it never imports them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import yaml
 
+from .errors import MptuneError
 
-class ConfigError(ValueError):
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
+
+
+class ConfigError(MptuneError, ValueError):
     """A configuration value is invalid; the message names the key."""
 
 
@@ -91,7 +98,8 @@ class DataConfig:
     """Where examples come from and how they are tokenised."""
 
     data_dir: Optional[str] = None
-    """Folder of original release files (GLUE .tsv, SuperGLUE .jsonl, ...); default $MPTUNE_DATA_DIR, else the Hub."""
+    """Folder of original release files (GLUE .tsv, SuperGLUE .jsonl, ...); default $MPTUNE_DATA_DIR, else the Hub.
+    A task file's relative data paths are looked up here first (when the file is there), else next to the task file."""
     max_source_length: int = 256
     """Source tokens kept per example (longer inputs are truncated)."""
     max_target_length: int = 128
@@ -116,7 +124,9 @@ class DataConfig:
             _check(self.eval_limit >= 1, "data.eval_limit", "must be >= 1")
 
     def resolved_data_dir(self) -> Optional[str]:
-        return self.data_dir or os.environ.get("MPTUNE_DATA_DIR") or None
+        from .assets import resolve_data_dir  # the one reader of $MPTUNE_DATA_DIR
+
+        return None if (d := resolve_data_dir(self.data_dir)) is None else str(d)
 
 
 @dataclass
@@ -211,14 +221,42 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def parser_for(cls: type, prog: Optional[str] = None) -> "ArgumentParser":
+    """The parser of a config dataclass: one option per field (nested sections as ``a.b``), ``--help``
+    text from the field docstrings, ``--config FILE`` for YAML; errors raise instead of exiting."""
+    import jsonargparse
+
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = jsonargparse.ArgumentParser(prog=prog, description=(cls.__doc__ or "").strip(), exit_on_error=False,
+                                         default_env=False)
+    parser.add_argument("--config", action=jsonargparse.ActionConfigFile,
+                        help="YAML config file (later options override it).")
+    parser.add_class_arguments(cls, fail_untyped=True, sub_configs=True)
+    return parser
+
+
+def to_cli_args(args: list[str]) -> list[str]:
+    """`cfg.yaml` -> `--config cfg.yaml`; `a.b=c` -> `--a.b=c`; the rest unchanged."""
+    out: list[str] = []
+    for a in args:
+        if _OVERRIDE.match(a):
+            out.append("--" + a)
+        elif not a.startswith("-") and a.endswith((".yaml", ".yml")) and not (out and out[-1].startswith("--") and "=" not in out[-1]):
+            out += ["--config", a]
+        else:
+            out.append(a)
+    return out
+
+
 def parse(cls: type, data: dict | None = None, overrides: list[str] | None = None, source: str = "config"):
     """Build a validated `cls` instance from a dict plus ``key=value`` overrides.
 
     The same parser as the CLI: unknown keys, wrong types and invalid values
     raise ConfigError naming the key.
     """
-    from .cli import parser_for, to_cli_args
-
     parser = parser_for(cls)
     _precheck(cls, data or {}, "", source)
     try:

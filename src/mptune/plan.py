@@ -52,56 +52,108 @@ class Stage:
 class Cell:
     """One (setting, seed) of the target matrix: the data and optimisation every method gets there."""
 
-    out: Path
     setting: str
     seed: int
     data: DataConfig
     train: TrainConfig
 
-    def stage(self, method: str, tasks: list[str], kind: str, run: Callable, make_config: Callable[[str], Any],
-              needs: tuple[str, ...] = ()) -> Stage:
-        group = "+".join(tasks)
-        folder = self.out / "targets" / self.setting.replace("=", "") / method / f"seed-{self.seed}" / group
-        tag = "" if self.setting == "full" else f" {self.setting}"
-        return Stage(f"{method} {group}{tag} seed {self.seed}", folder, kind, run, make_config(str(folder)), needs,
-                     method, self.setting, self.seed, tuple(tasks))
+
+class Layout:
+    """Where each stage of a pipeline config lives, what it runs and what it needs. Stage folders are
+    named by task name (a task file's ``name``); every task file is checked when the layout is made."""
+
+    def __init__(self, cfg: PipelineConfig, check_data: bool = True):
+        self.cfg, self.out = cfg, Path(cfg.output_dir)
+        self.names = {spec: t.name for key in ("sources", "targets") for spec, t in
+                      zip(getattr(cfg, key), common.resolve_tasks(getattr(cfg, key), cfg.data, key,
+                                                                  check_data=check_data))}
+
+    def teacher(self, spec: str) -> Stage:
+        cfg, name = self.cfg, self.names[spec]
+        folder = self.out / "teachers" / name
+        return Stage(f"teacher {name}", folder, "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
+            model=cfg.model, task=spec, output_dir=str(folder), prompt=cfg.prompt, data=cfg.data,
+            train=cfg.teacher_train), tasks=(name,))
+
+    def source(self, variant: str) -> Stage:
+        cfg = self.cfg
+        folder = self.out / "source" / variant
+        config = SOURCES[variant](distill.DistillConfig(
+            model=cfg.model, tasks=cfg.sources, output_dir=str(folder), teachers_dir=str(self.out / "teachers"),
+            rank=cfg.rank, prompt=cfg.prompt, distill=cfg.distill, sampling=cfg.sampling, data=cfg.data,
+            train=cfg.source_train))
+        needs = tuple(self.teacher(t).name for t in cfg.sources)
+        return Stage(f"distill ({variant})", folder, "distill", distill.run, config, needs,
+                     tasks=tuple(self.names[t] for t in cfg.sources))
+
+    def cells(self) -> list[Cell]:
+        """Every (setting, seed): splits stay fixed (data.seed); the seed varies init, order and few-shot draw."""
+        cfg = self.cfg
+        out = []
+        for setting in settings(cfg):
+            data = cfg.data if setting == "full" else dataclasses.replace(cfg.data, few_shot_k=int(setting[2:]))
+            out += [Cell(setting, seed, data, dataclasses.replace(cfg.target_train, seed=seed)) for seed in cfg.seeds]
+        return out
+
+    def target(self, c: Cell, method: str, specs: list[str], kind: str, run: Callable,
+               make_config: Callable[[str], Any], needs: tuple[str, ...] = ()) -> Stage:
+        """One target run: targets/<setting>/<method>/seed-<s>/<task>[+<task>...]; make_config(folder)."""
+        names = [self.names[t] for t in specs]
+        group = "+".join(names)
+        folder = self.out / "targets" / c.setting.replace("=", "") / method / f"seed-{c.seed}" / group
+        tag = "" if c.setting == "full" else f" {c.setting}"
+        return Stage(f"{method} {group}{tag} seed {c.seed}", folder, kind, run, make_config(str(folder)), needs,
+                     method, c.setting, c.seed, tuple(names))
+
+    def stages(self) -> list[Stage]:
+        """Every stage, in an order that runs one after another (dependencies first): the teachers and
+        source variants the targets need, then per (setting, seed) each method's target runs."""
+        cfg = self.cfg
+        targets = [s for c in self.cells() for m in cfg.methods for s in METHODS[m].build(self, METHODS[m], c)]
+        needed = {n for s in targets for n in s.needs}
+        sources = [s for s in (self.source(v) for v in SOURCES) if s.name in needed]
+        needed |= {n for s in sources for n in s.needs}
+        return [s for s in (self.teacher(t) for t in cfg.sources) if s.name in needed] + sources + targets
+
+    def target_names(self) -> list[str]:
+        return [self.names[t] for t in self.cfg.targets]
 
 
 # -- the methods ---------------------------------------------------------------------------
 
-def _pt(cfg: PipelineConfig, m: Method, c: Cell) -> list[Stage]:
+def _pt(lay: Layout, m: Method, c: Cell) -> list[Stage]:
     """Prompt tuning per target, from sampled vocabulary (Lester et al.)."""
-    return [c.stage(m.name, [t], "prompt-tune", prompt_tune.run, lambda f, t=t: prompt_tune.PromptTuneConfig(
+    cfg = lay.cfg
+    return [lay.target(c, m.name, [t], "prompt-tune", prompt_tune.run, lambda f, t=t: prompt_tune.PromptTuneConfig(
         model=cfg.model, task=t, output_dir=f, prompt=cfg.prompt, data=c.data, train=c.train)) for t in cfg.targets]
 
 
-def _spot(cfg: PipelineConfig, m: Method, c: Cell) -> list[Stage]:
+def _spot(lay: Layout, m: Method, c: Cell) -> list[Stage]:
     """Prompt tuning per target, from the teachers' average prompt (or spot_source's teacher)."""
-    teachers = [cfg.spot_source] if cfg.spot_source else list(cfg.sources)
-    prompt = dataclasses.replace(cfg.prompt, init=PromptInit.prompts,
-                                 init_from=[str(teacher_stage(cfg, s).folder) for s in teachers])
-    needs = tuple(teacher_stage(cfg, s).name for s in teachers)
-    return [c.stage(m.name, [t], "prompt-tune", prompt_tune.run, lambda f, t=t: prompt_tune.PromptTuneConfig(
-        model=cfg.model, task=t, output_dir=f, prompt=prompt, data=c.data, train=c.train), needs)
-        for t in cfg.targets]
+    cfg = lay.cfg
+    teachers = [lay.teacher(s) for s in ([cfg.spot_source] if cfg.spot_source else cfg.sources)]
+    prompt = dataclasses.replace(cfg.prompt, init=PromptInit.prompts, init_from=[str(t.folder) for t in teachers])
+    return [lay.target(c, m.name, [t], "prompt-tune", prompt_tune.run, lambda f, t=t: prompt_tune.PromptTuneConfig(
+        model=cfg.model, task=t, output_dir=f, prompt=prompt, data=c.data, train=c.train),
+        tuple(s.name for s in teachers)) for t in cfg.targets]
 
 
-def _adapt(cfg: PipelineConfig, m: Method, c: Cell, tasks: list[str]) -> Stage:
-    source = source_stage(cfg, m.source)
-    return c.stage(m.name, tasks, "adapt", adapt.run, lambda f: adapt.AdaptConfig(
-        tasks=tasks, output_dir=f, source=str(source.folder), model=cfg.model, rank=cfg.rank, init=cfg.adapt.init,
+def _adapt(lay: Layout, m: Method, c: Cell, specs: list[str]) -> Stage:
+    cfg, source = lay.cfg, lay.source(m.source)
+    return lay.target(c, m.name, specs, "adapt", adapt.run, lambda f: adapt.AdaptConfig(
+        tasks=specs, output_dir=f, source=str(source.folder), model=cfg.model, rank=cfg.rank, init=cfg.adapt.init,
         lr_shared=cfg.adapt.lr_shared, lr_task=cfg.adapt.lr_task, freeze_shared=cfg.adapt.freeze_shared,
         sampling=cfg.sampling, data=c.data, train=c.train), (source.name,))
 
 
-def _adapt_each(cfg: PipelineConfig, m: Method, c: Cell) -> list[Stage]:
+def _adapt_each(lay: Layout, m: Method, c: Cell) -> list[Stage]:
     """MPT adaptation per target from the source variant's P*."""
-    return [_adapt(cfg, m, c, [t]) for t in cfg.targets]
+    return [_adapt(lay, m, c, [t]) for t in lay.cfg.targets]
 
 
-def _adapt_together(cfg: PipelineConfig, m: Method, c: Cell) -> list[Stage]:
+def _adapt_together(lay: Layout, m: Method, c: Cell) -> list[Stage]:
     """All targets share one P*, each with its own u, v (MPT*)."""
-    return [_adapt(cfg, m, c, list(cfg.targets))]
+    return [_adapt(lay, m, c, list(lay.cfg.targets))]
 
 
 Role = Literal["main", "baseline", "ablation", "variant"]
@@ -114,7 +166,7 @@ class Method:
     colour: str  # line colour in plots (matplotlib)
     role: Role  # main comparison, baseline, ablation of MPT, variant of MPT
     source: Optional[str]  # the source-training variant (SOURCES) it adapts from; None: no source stage
-    build: Callable[[PipelineConfig, "Method", Cell], list[Stage]]  # its target stages in one Cell
+    build: Callable[[Layout, "Method", Cell], list[Stage]]  # its target stages in one Cell
     about: str
 
 
@@ -148,44 +200,9 @@ def settings(cfg: PipelineConfig) -> list[str]:
     return (["full"] if cfg.full_data else []) + [f"k={k}" for k in cfg.few_shot_k]
 
 
-def teacher_stage(cfg: PipelineConfig, task: str) -> Stage:
-    folder = Path(cfg.output_dir) / "teachers" / task
-    return Stage(f"teacher {task}", folder, "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
-        model=cfg.model, task=task, output_dir=str(folder), prompt=cfg.prompt, data=cfg.data,
-        train=cfg.teacher_train), tasks=(task,))
-
-
-def source_stage(cfg: PipelineConfig, variant: str) -> Stage:
-    out = Path(cfg.output_dir)
-    folder = out / "source" / variant
-    config = SOURCES[variant](distill.DistillConfig(
-        model=cfg.model, tasks=cfg.sources, output_dir=str(folder), teachers_dir=str(out / "teachers"),
-        rank=cfg.rank, prompt=cfg.prompt, distill=cfg.distill, sampling=cfg.sampling, data=cfg.data,
-        train=cfg.source_train))
-    needs = tuple(teacher_stage(cfg, t).name for t in cfg.sources)
-    return Stage(f"distill ({variant})", folder, "distill", distill.run, config, needs, tasks=tuple(cfg.sources))
-
-
-def cells(cfg: PipelineConfig) -> list[Cell]:
-    """Every (setting, seed): splits stay fixed (data.seed); the seed varies init, order and few-shot draw."""
-    out = []
-    for setting in settings(cfg):
-        data = cfg.data if setting == "full" else dataclasses.replace(cfg.data, few_shot_k=int(setting[2:]))
-        for seed in cfg.seeds:
-            out.append(Cell(Path(cfg.output_dir), setting, seed, data,
-                            dataclasses.replace(cfg.target_train, seed=seed)))
-    return out
-
-
 def plan(cfg: PipelineConfig) -> list[Stage]:
-    """Every stage of the run, in an order that runs one after another (dependencies first):
-    the teachers and source variants the targets need, then per (setting, seed) each method's targets."""
-    targets = [s for c in cells(cfg) for m in cfg.methods for s in METHODS[m].build(cfg, METHODS[m], c)]
-    needed = {n for s in targets for n in s.needs}
-    sources = [s for s in (source_stage(cfg, v) for v in SOURCES) if s.name in needed]
-    needed |= {n for s in sources for n in s.needs}
-    teachers = [s for s in (teacher_stage(cfg, t) for t in cfg.sources) if s.name in needed]
-    return teachers + sources + targets
+    """Every stage of the run, dependencies first (see Layout.stages)."""
+    return Layout(cfg).stages()
 
 
 def targets_of(stages: list[Stage]) -> list[Stage]:
@@ -222,13 +239,14 @@ def task_runs(stages: list[Stage]) -> dict[str, dict[str, dict[str, dict[int, Ta
     return table
 
 
-def task_metric(task: str) -> str:
-    """The metric name(s) behind a task's score, e.g. "accuracy" or "f1/accuracy"."""
-    from .tasks import get_task
+def task_metric(run: TaskRun) -> str:
+    """The metric name(s) behind a task's score, e.g. "accuracy" or "f1/accuracy" (a user task's
+    definition is read from its stage folder)."""
+    from .tasks.resolve import resolve_task
 
-    t = get_task(task)
+    t = resolve_task(run.task, folder=run.stage.folder, check_data=False)
     return "/".join(t.score_metrics or t.metrics)
 
 
-__all__ = ["Cell", "METHODS", "Method", "MethodName", "ROLES", "SOURCES", "Stage", "TaskRun", "cells", "plan",
-           "settings", "source_stage", "targets_of", "task_metric", "task_runs", "teacher_stage"]
+__all__ = ["Cell", "Layout", "METHODS", "Method", "MethodName", "ROLES", "SOURCES", "Stage", "TaskRun", "plan",
+           "settings", "targets_of", "task_metric", "task_runs"]

@@ -32,7 +32,8 @@ from .. import __version__
 from ..backbone import Backbone, load_backbone
 from ..config import ConfigError, DataConfig, ModelConfig, load_yaml, parse, save_yaml, to_dict
 from ..data import LazyFeatures, TextEncoder
-from ..tasks import Example, Task, TaskKind, few_shot, get_task
+from ..tasks import Example, Task, TaskKind, few_shot
+from ..tasks.resolve import resolve_task, save_definitions
 from ..utils import atomic_write_json, atomic_write_jsonl
 
 STAGE_FILE = "stage.json"
@@ -93,8 +94,21 @@ def backbone_params(backbone: Backbone) -> int:
     return sum(p.numel() for p in backbone.model.parameters())
 
 
-def write_stage(out_dir: Path, stage: str, cfg, extra: Optional[dict] = None) -> None:
-    """Resolved config + a stage marker: the folder describes itself."""
+def resolve_tasks(specs: Sequence[str], data: DataConfig, key: str = "tasks", folder: Optional[Path] = None,
+                  check_data: bool = True) -> list[Task]:
+    """Registry names or task files -> tasks, before anything is written (a file's problems all at
+    once, see mptune.tasks.resolve); `folder`: a stage folder whose saved definitions come first."""
+    tasks = [resolve_task(s, data.resolved_data_dir(), folder, check_data, key) for s in specs]
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}: duplicate task names {names} (from {list(specs)})")
+    return tasks
+
+
+def write_stage(out_dir: Path, stage: str, cfg, extra: Optional[dict] = None, tasks: Sequence[Task] = ()) -> None:
+    """Resolved config + a stage marker + the definitions of the user tasks (tasks/<name>.yaml):
+    the folder describes itself."""
+    save_definitions(out_dir, tasks)
     save_yaml(to_dict(cfg), out_dir / "config.yaml")
     atomic_write_json(out_dir / STAGE_FILE, {"stage": stage, "mptune_version": __version__,
                                              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})})
@@ -125,10 +139,11 @@ def train_counts(task: Task, examples: Sequence[Example]) -> dict:
 
 def finish(stage: str, cfg, out: Path, accelerator, backbone: Backbone, encoder: TextEncoder, best,
            tasks: Sequence[Task], train: Sequence[Sequence[Example]], dev: Sequence[Sequence[Example]], result,
-           trainable_params: int, trainable_per_task: int, save_prompt) -> dict:
-    """Test the best prompt `best` on every task (dev and test), write the predictions, the prompt
-    (`save_prompt(path)`), metrics.json and stage.json. `cfg` needs .data and .train."""
+           trainable_params: int, trainable_per_task: int) -> dict:
+    """Test the best prompt module `best` on every task (dev and test), write the predictions, the
+    prompt file, metrics.json, stage.json and the user tasks' definitions. `cfg` needs .data and .train."""
     from ..evaluation import evaluate
+    from ..prompts.io import save_module
 
     per_task: dict[str, dict] = {}
     for k, task in enumerate(tasks):
@@ -146,9 +161,9 @@ def finish(stage: str, cfg, out: Path, accelerator, backbone: Backbone, encoder:
                "trainable_params": trainable_params, "trainable_params_per_task": trainable_per_task,
                "backbone_params": backbone_params(backbone)}
     if accelerator.is_main_process:
-        save_prompt(out / "prompt.safetensors")
+        save_module(out / "prompt.safetensors", best, backbone.name)
         atomic_write_json(out / METRICS_FILE, metrics)
-        write_stage(out, stage, cfg)
+        write_stage(out, stage, cfg, tasks=tasks)
     accelerator.wait_for_everyone()
     return metrics
 
@@ -182,7 +197,7 @@ def predictions(folder: Path, task_name: str, split: str = "test") -> tuple[Task
     cfg = load_yaml(folder / "config.yaml")
     data = parse(DataConfig, cfg.get("data") or {}, source=str(folder / "config.yaml"))
     limit = (cfg.get("train") or {}).get("test_limit") if split == "test" else None
-    task = get_task(task_name)
+    task = resolve_task(task_name, data.resolved_data_dir(), folder, check_data=False)  # saved definitions first
     examples = eval_examples(task, split, data, limit)
     path = folder / entry["predictions"][split]
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

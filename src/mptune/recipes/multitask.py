@@ -12,7 +12,7 @@ import torch
 from ..config import ConfigError, DataConfig, _check
 from ..data import Feature, LazyFeatures, ShuffledBatches, TaskMixingBatches, TextEncoder
 from ..evaluation import evaluate
-from ..tasks import Example, Task, get_task
+from ..tasks import Example, Task
 from . import common
 
 
@@ -43,11 +43,13 @@ class MultiTaskData:
     dev: list[list[Example]]
     features: Sequence[Feature] = field(default_factory=list)
 
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
     @classmethod
-    def load(cls, names: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
-        if len(set(names)) != len(names):
-            raise ConfigError(f"tasks: duplicate task names in {list(names)}")
-        tasks = [get_task(n) for n in names]
+    def load(cls, specs: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
+        tasks = common.resolve_tasks(specs, data, "tasks")  # registry names or task files
         train = [common.train_examples(t, data, sample_seed) for t in tasks]
         dev = [common.eval_examples(t, "dev", data) for t in tasks]
         feats = LazyFeatures([(e, k) for k, ex in enumerate(train) for e in ex], encoder)
@@ -94,10 +96,8 @@ def save_decomposed(stage: str, cfg, result, tasks: Sequence[str], rank: int, gr
                     data: MultiTaskData, encoder: TextEncoder, accelerator, out: Path) -> dict:
     """Shared end of distill and adapt: rebuild the best prompt, then test it and write the folder."""
     from ..prompts.decomposed import DecomposedPrompt
-    from ..prompts.io import save_prompt
 
     t = result.best_tensors
     best = DecomposedPrompt(t["shared"], tasks, rank, t["task_u"], t["task_v"]).to(accelerator.device)
     return common.finish(stage, cfg, out, accelerator, backbone, encoder, best, data.tasks, data.train, data.dev,
-                         result, sum(p.numel() for g in groups for p in g["params"]), best.trainable_per_task(),
-                         lambda path: save_prompt(path, best.state_tensors(), best.meta(backbone.name)))
+                         result, sum(p.numel() for g in groups for p in g["params"]), best.trainable_per_task())

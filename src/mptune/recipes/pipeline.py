@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from ..config import DataConfig, ModelConfig, PromptConfig, TrainConfig, _check
-from ..plan import METHODS, MethodName, Stage, plan, task_runs
+from ..plan import METHODS, Layout, MethodName, Stage, task_runs
 from ..runner import run_plan
 from ..utils import atomic_write_json, atomic_write_text
 from . import common, distill
@@ -48,9 +48,9 @@ class PipelineConfig:
     model: ModelConfig
     """The frozen backbone."""
     sources: list[str]
-    """Source tasks (teachers + distillation)."""
+    """Source tasks (teachers + distillation): registry names or task files (.yaml/.yml/.json)."""
     targets: list[str]
-    """Target tasks."""
+    """Target tasks: registry names or task files."""
     output_dir: str
     """Root folder of all stage folders and the summary."""
     methods: list[MethodName] = field(default_factory=lambda: ["pt", "spot", "mpt"])
@@ -102,10 +102,11 @@ class PipelineConfig:
 def run(cfg: PipelineConfig) -> dict:
     """Run every stage of the plan (skipping finished ones); the summary, with one record per stage."""
     out = Path(cfg.output_dir)
+    layout = Layout(cfg)  # checks every task file before anything is written
+    stages = layout.stages()
     common.write_stage(out, "run-started", cfg)
-    stages = plan(cfg)
     records = run_plan(stages, cfg.workers, cfg.threads)
-    summary = {**summarize(cfg, stages), "stages": records}
+    summary = {**summarize(cfg, stages, layout.target_names()), "stages": records}
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", summary["markdown"])
     common.write_stage(out, "run", cfg)
@@ -115,25 +116,25 @@ def run(cfg: PipelineConfig) -> dict:
 
 # -- summary -----------------------------------------------------------------
 
-def summarize(cfg: PipelineConfig, stages: list[Stage]) -> dict:
-    """Per (setting, method): per-task mean ± std over seeds, task average, params per task."""
-    result = {"targets": cfg.targets, "seeds": cfg.seeds, "settings": {}}
+def summarize(cfg: PipelineConfig, stages: list[Stage], targets: list[str]) -> dict:
+    """Per (setting, method): per-task mean ± std over seeds, task average, params per task (`targets`: names)."""
+    result = {"targets": targets, "seeds": cfg.seeds, "settings": {}}
     lines = []
     for setting, methods in task_runs(stages).items():
         lines += [f"### Target tasks — {'full data' if setting == 'full' else 'few-shot ' + setting} "
                   f"(test score, mean ± std over {len(cfg.seeds)} seed(s))", "",
-                  "| method | " + " | ".join(cfg.targets) + " | avg | params/task | % of backbone |",
-                  "|---" * (len(cfg.targets) + 4) + "|"]
+                  "| method | " + " | ".join(targets) + " | avg | params/task | % of backbone |",
+                  "|---" * (len(targets) + 4) + "|"]
         res = result["settings"][setting] = {}
         for method, tasks in methods.items():
             scores = {t: {str(seed): r.entry["test"]["score"] for seed, r in tasks.get(t, {}).items()}
-                      for t in cfg.targets}
+                      for t in targets}
             any_run = next(r for by_seed in tasks.values() for r in by_seed.values())
             per_task = {t: {"mean": statistics.fmean(list(v.values())),
                             "std": statistics.pstdev(list(v.values())) if len(v) > 1 else 0.0, "per_seed": v}
                         if v else None for t, v in scores.items()}
-            seed_avgs = [statistics.fmean(scores[t][s] for t in cfg.targets)
-                         for s in map(str, cfg.seeds) if all(s in scores[t] for t in cfg.targets)]
+            seed_avgs = [statistics.fmean(scores[t][s] for t in targets)
+                         for s in map(str, cfg.seeds) if all(s in scores[t] for t in targets)]
             avg = {"mean": statistics.fmean(seed_avgs) if seed_avgs else None,
                    "std": statistics.pstdev(seed_avgs) if len(seed_avgs) > 1 else 0.0}
             pct = 100.0 * any_run.params_per_task / any_run.backbone_params
@@ -141,7 +142,7 @@ def summarize(cfg: PipelineConfig, stages: list[Stage]) -> dict:
                            "percent_of_backbone": pct}
             fmt = lambda v: "—" if v is None or v["mean"] is None else (  # noqa: E731
                 f"{v['mean']:.1f} ± {v['std']:.1f}" if len(cfg.seeds) > 1 else f"{v['mean']:.1f}")
-            lines.append(f"| {METHODS[method].label} | " + " | ".join(fmt(per_task[t]) for t in cfg.targets) +
+            lines.append(f"| {METHODS[method].label} | " + " | ".join(fmt(per_task[t]) for t in targets) +
                          f" | {fmt(avg)} | {any_run.params_per_task:,} | {pct:.4f}% |")
         lines.append("")
     result["markdown"] = "\n".join(lines)

@@ -17,9 +17,8 @@ from ..data import ShuffledBatches, collate
 from ..engine import Trainer
 from ..evaluation import evaluate
 from ..losses import TokenNLL
-from ..prompts.io import PromptMeta, save_prompt
-from ..prompts.soft import SoftPrompt, init_prompt_vectors
-from ..tasks import get_task
+from ..prompts.init import init_prompt_vectors
+from ..prompts.soft import SoftPrompt
 from ..utils import seed_everything
 from . import common
 
@@ -31,7 +30,7 @@ class PromptTuneConfig:
     model: ModelConfig
     """The frozen backbone."""
     task: str
-    """Task name in the registry (see `mptune tasks`)."""
+    """Task name in the registry (see `mptune tasks`), or a task file (.yaml/.yml/.json definition)."""
     output_dir: str
     """Folder for prompt, metrics, predictions, log and checkpoints."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -49,7 +48,7 @@ def run(cfg: PromptTuneConfig) -> dict:
     out = Path(cfg.output_dir)
     seed_everything(cfg.train.seed)
     acc = common.make_accelerator(cfg.train.mixed_precision)
-    task = get_task(cfg.task)
+    task = common.resolve_tasks([cfg.task], cfg.data, "task")[0]
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
     train = common.train_examples(task, cfg.data, cfg.train.seed)
@@ -83,8 +82,7 @@ def run(cfg: PromptTuneConfig) -> dict:
     result = trainer.fit()
 
     # -- save --------------------------------------------------------------
-    best = SoftPrompt(cfg.prompt.length, backbone.hidden_size, result.best_tensors["weight"]).to(acc.device)
-    meta = PromptMeta(kind="soft", backbone=backbone.name, length=best.length, dim=best.dim, tasks=[task.name])
+    best = SoftPrompt(cfg.prompt.length, backbone.hidden_size, result.best_tensors["weight"],
+                      [task.name]).to(acc.device)
     return common.finish("prompt-tune", cfg, out, acc, backbone, encoder, best, [task], [train], [dev], result,
-                         best.weight.numel(), best.weight.numel(),
-                         lambda path: save_prompt(path, best.state_tensors(), meta))
+                         best.weight.numel(), best.weight.numel())

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import ConfigError, load_yaml, parse, to_dict
-from ..plan import METHODS, plan, task_metric, task_runs
+from ..plan import METHODS, Layout, task_metric, task_runs
 from ..utils import atomic_write_json, atomic_write_text
 from . import common, pipeline
 
@@ -133,15 +133,17 @@ def run(cfg: QuickstartConfig) -> dict:
 
     # 1. assets
     from .. import assets
+    from ..tasks import assets_for
 
     t0 = time.time()
     model = cfg.model or str(assets.smollm2_model_dir(cfg.cache))
-    data_dir = str(Path(cfg.data_dir).expanduser()) if cfg.data_dir else str(assets.data_dir(cfg.cache))
+    body, optional, where = load_profile(cfg)
+    needed = assets_for([*(body.get("sources") or []), *(body.get("targets") or []), *optional])
+    data_dir = str(Path(cfg.data_dir).expanduser()) if cfg.data_dir else str(assets.data_dir(cfg.cache, needed))
     t_assets = time.time() - t0
     _say(f"model: {model}\n         data:  {data_dir}  (assets ready in {t_assets:.1f}s)")
 
     # 2. the pipeline config
-    body, optional, where = load_profile(cfg)
     targets = list(body.get("targets") or [])
     skipped = {}
     for name in optional:
@@ -239,31 +241,33 @@ def _train_time(log: Path) -> tuple[int, float]:
 def collect(cfg: pipeline.PipelineConfig, summary: dict, timing: dict, profile: str = "",
             skipped: Optional[dict] = None) -> dict:
     """results.json: per setting, method, task and seed, from the stage folders; MPT − PT with its interval."""
-    stages = plan(cfg)
-    runs = task_runs(stages)
+    layout = Layout(cfg, check_data=False)
+    targets = layout.target_names()
+    runs = task_runs(layout.stages())
     settings = {}
     for setting, methods in summary.get("settings", {}).items():
         sres = settings[setting] = {}
         for method, cell in methods.items():
             tasks = {}
-            for task in cfg.targets:
+            for task in targets:
                 by_seed = runs.get(setting, {}).get(method, {}).get(task, {})
                 seeds = {str(seed): {"test": r.entry["test"], "dev": r.entry["dev"], "best_step": r.best_step,
                                      "dev_history": r.dev_history} for seed, r in by_seed.items()}
                 scores = [s["test"]["score"] for s in seeds.values()]
-                tasks[task] = {"metric": task_metric(task),
+                tasks[task] = {"metric": task_metric(next(iter(by_seed.values()))) if by_seed else None,
                                "n_test": next((r.entry.get("n_test") for r in by_seed.values()), None),
                                "seeds": seeds, "mean": statistics.fmean(scores) if scores else None,
                                "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0}
             sres[method] = {"tasks": tasks, "average": cell["average"], "params_per_task": cell["params_per_task"],
                             "percent_of_backbone": cell["percent_of_backbone"]}
-    return {"profile": profile, "model": cfg.model.name, "sources": cfg.sources, "targets": cfg.targets,
+    sources = [layout.names[t] for t in cfg.sources]
+    return {"profile": profile, "model": cfg.model.name, "sources": sources, "targets": targets,
             "skipped_targets": skipped or {}, "methods": cfg.methods, "seeds": cfg.seeds,
             "prompt_length": cfg.prompt.length, "rank": cfg.rank,
             "steps": {"teacher": cfg.teacher_train.max_steps, "distill": cfg.source_train.max_steps,
                       "target": cfg.target_train.max_steps},
             "batch_size": cfg.target_train.batch_size, "settings": settings,
-            "comparison": {s: c for s in settings if (c := compare(runs.get(s, {}), cfg.targets)) is not None},
+            "comparison": {s: c for s in settings if (c := compare(runs.get(s, {}), targets)) is not None},
             "timing": timing, "config": to_dict(cfg)}
 
 
