@@ -21,6 +21,7 @@ class NapConfig:
 
 
 def nap(cfg: NapConfig) -> dict:
+    print(f"napping {cfg.seconds}s")
     time.sleep(cfg.seconds)
     if cfg.fail:
         raise ValueError(f"{cfg.output_dir}: boom")
@@ -42,6 +43,7 @@ def test_parallel_stages_keep_their_own_wall_time_and_wait_for_dependencies(tmp_
         assert r["wall_s"] == pytest.approx(r["finished"] - r["started"], abs=0.06)
         assert slept <= r["wall_s"] < slept + 2 and not r["skipped"]
     assert all((tmp_path / n / "stage.json").is_file() for n in "abc")
+    assert (tmp_path / "b" / "output.log").read_text() == "napping 1.5s\n"  # a worker's output: in its folder
 
     again = run_plan(stages, workers=2, say=lambda m: None)  # rerun: all finished, nothing started
     assert [r["skipped"] for r in again] == [True] * 3 and all("wall_s" not in r for r in again)

@@ -10,12 +10,16 @@ process (small matrices parallelise poorly). ``workers = 1`` runs in this proces
 Spawned workers import the caller's main module, so a script that calls this with
 ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
 
-Every stage gets a record: start and finish times (epoch seconds, so stages that
-overlapped keep their own wall time) and the CPU seconds of its process.
+A worker's stage writes its progress bars and messages to ``<folder>/output.log``
+(side by side they would garble the terminal); this process prints one line as
+each stage starts and finishes. Every stage gets a record: start and finish times
+(epoch seconds, so stages that overlapped keep their own wall time) and the CPU
+seconds of its process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -38,15 +42,21 @@ def _set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-# Environment of the worker processes (read when they import tokenizers / tqdm): several stages at
-# once print one line per stage instead of interleaved progress bars.
-WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false"}  # the workers' environment: no tokenizer threads on top
+LOG_FILE = "output.log"  # a worker's stage writes its progress bars and messages here, not to the terminal
 
 
-def _run_stage(stage: Stage) -> dict:
-    """Run one stage (in whichever process calls this); its record."""
+def _run_stage(stage: Stage, to_log: bool = False) -> dict:
+    """Run one stage (in whichever process calls this); its times. `to_log`: its stdout and stderr go
+    to <folder>/output.log (stages running side by side would interleave their progress bars)."""
     t0, c0 = time.time(), time.process_time()
-    stage.run(stage.config)
+    if to_log:
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        with open(stage.folder / LOG_FILE, "a", encoding="utf-8") as f, \
+                contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            stage.run(stage.config)
+    else:
+        stage.run(stage.config)
     return {"started": round(t0, 3), "finished": round(time.time(), 3), "cpu_s": round(time.process_time() - c0, 1)}
 
 
@@ -122,7 +132,7 @@ def _schedule(pool, pending: list[Stage], times: dict, workers: int, say) -> Opt
         ready = [s for s in pending if all(n in times for n in s.needs)] if error is None else []
         for s in ready[: workers - len(running)]:
             pending.remove(s)
-            running[pool.submit(_run_stage, s)] = s
+            running[pool.submit(_run_stage, s, True)] = s
             say(f"start {s.name}")
         if not running:  # cannot happen for a checked plan; never wait on nothing
             raise ConfigError(f"plan: no stage can start; waiting: {[s.name for s in pending]}")
@@ -132,7 +142,7 @@ def _schedule(pool, pending: list[Stage], times: dict, workers: int, say) -> Opt
             try:
                 times[s.name] = f.result()
             except BaseException as e:  # noqa: BLE001 - raised once the running stages are done
-                say(f"FAILED {s.name}: {type(e).__name__}: {e}")
+                say(f"FAILED {s.name}: {type(e).__name__}: {e} (its output: {s.folder / LOG_FILE})")
                 error = error or e
                 continue
             say(f"done  {s.name} ({times[s.name]['finished'] - times[s.name]['started']:.0f}s)")
