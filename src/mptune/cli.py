@@ -32,7 +32,7 @@ class TasksConfig:
 
 
 def _commands() -> dict[str, tuple[type, Callable]]:
-    from .recipes import adapt, distill, evaluate, pipeline, prompt_tune, quickstart
+    from .recipes import adapt, distill, evaluate, pipeline, prompt_tune, quickstart, serve
     from .recipes.tasks import list_tasks_cmd
 
     cmds = {
@@ -44,6 +44,7 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "evaluate": (evaluate.EvaluateConfig, evaluate.run_evaluate),
         "predict": (evaluate.PredictConfig, evaluate.run_predict),
         "tasks": (TasksConfig, list_tasks_cmd),
+        "serve": (serve.ServeConfig, serve.run),
     }
     try:
         from .recipes import export_peft
