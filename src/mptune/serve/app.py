@@ -83,6 +83,7 @@ class Server:
                 "backbone_kind": self.backbone.kind.value, "prefix_cache": self.engine.prefix_cache,
                 "tasks": len(self.store.tasks), "sources": len(self.store.sources), "queued": self.batcher.queued,
                 "batches": self.batcher.batches, "inputs_answered": self.batcher.items_done,
+                "mixed_task_batches": self.engine.mixed_task_batches,
                 "kv_cache": self.engine.cache.stats(), "skipped": dict(self.store.skipped)}
 
     def task_list(self) -> dict:

@@ -124,6 +124,7 @@ class Engine:
         self.adapter = PrefixAdapter(backbone)
         self.cache = KVCache(self.adapter, kv_budget_bytes)
         self._choice_ids: dict[int, list[list[int]]] = {}
+        self.mixed_task_batches = 0  # batches that held inputs of more than one task
 
     @property
     def prefix_cache(self) -> bool:
@@ -167,6 +168,7 @@ class Engine:
     def run(self, items: list[Item]) -> list[dict]:
         """Outputs for items of any tasks, in order. Items are grouped by output kind and prompt length
         (rows of one model call share a prompt length); each group is one model call."""
+        self.mixed_task_batches += len({it.task.uid for it in items}) > 1
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
             groups.setdefault((it.task.choices is None, it.task.prompt.shape[0]), []).append(i)
