@@ -104,3 +104,37 @@ def test_gguf_path_is_split_into_folder_and_file(tmp_path):
     assert resolve_model_source(ModelConfig(name=str(f))) == (str(tmp_path), "m.gguf")
     with pytest.raises(FileNotFoundError):
         resolve_model_source(ModelConfig(name=str(tmp_path / "missing.gguf")))
+
+
+def test_kind_specs_lay_out_batches():
+    from mptune.data import Feature
+    from mptune.kinds import spec_for
+
+    f = [Feature([5, 6, 7], [8, 1], 0), Feature([9], [1], 1)]
+    causal, s2s = spec_for("causal"), spec_for(ModelKind.SEQ2SEQ)
+    b = causal.collate(f, 0)  # [pad* ; source ; target], left-padded: targets end every row
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 1], [0, 0, 0, 9, 1]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 0, 1, 1]]
+    assert b["labels"].tolist() == [[8, 1], [IGNORE, 1]] and b["task_index"].tolist() == [0, 1]
+    b = s2s.collate(f, 0)  # source for the encoder, target for the decoder, right-padded
+    assert b["input_ids"].tolist() == [[5, 6, 7], [9, 0, 0]] and b["labels"].tolist() == [[8, 1], [1, IGNORE]]
+    # rank classification: sources once, one right-padded label row per choice, for both kinds
+    for spec in (causal, s2s):
+        c = spec.collate_choices(f, [[[8, 1], [4, 4, 1]], [[3, 1]]], 0)
+        assert c["input_ids"].tolist() == spec.collate_source(f, 0)["input_ids"].tolist()
+        assert c["labels"].tolist() == [[8, 1, IGNORE], [4, 4, 1], [3, 1, IGNORE]]
+        assert c["row_example"].tolist() == [0, 0, 1]
+    rows = causal.choice_rows(causal.collate_choices(f, [[[8, 1], [4, 4, 1]], [[3, 1]]], 0), 0)
+    want = causal.collate([Feature([5, 6, 7], [8, 1], 0), Feature([5, 6, 7], [4, 4, 1], 0), Feature([9], [3, 1], 1)], 0)
+    assert all(torch.equal(rows[k], want[k]) for k in want)
+
+
+def test_text_encoder_follows_the_kind_spec(backbones):
+    for bb in backbones.values():
+        enc = TextEncoder(bb.tokenizer, bb.kind, max_source_length=4)
+        long = enc.tok("sst2 sentence: a charming and funny movie")["input_ids"]
+        assert enc.source("sst2 sentence: a charming and funny movie") == \
+            long[: 4 - bb.spec.source_tail] + long[len(long) - bb.spec.source_tail:]
+        assert enc.target("positive")[:-1] == enc.tok(bb.spec.target_prefix + "positive",
+                                                      add_special_tokens=False)["input_ids"]
+    assert backbones["t5"].spec.source_tail == 1 and backbones["llama"].spec.target_prefix == " "

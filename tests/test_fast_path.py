@@ -1,16 +1,21 @@
 """Shared-prefix fast path (decoder-only): the prompt's keys/values computed once per task
 in the batch give the same logits, hidden states, losses, prompt gradients, rank scores
-and generations as the plain path, for mixed-task padded batches."""
+and generations as the plain path, for mixed-task padded batches; computed once and
+reused (fastpath.PrefixKV) they give the same again."""
 
 import logging
 
 import pytest
 import torch
 
+from mptune import fastpath
 from mptune.backbone import Backbone, load_backbone, sequence_logprob
 from mptune.config import ModelConfig
 from mptune.data import Feature, TextEncoder, collate, collate_choices, collate_source
+from mptune.evaluation import predict
+from mptune.fastpath import PrefixKV
 from mptune.losses import HiddenMSE, TokenNLL
+from mptune.tasks import Example, get_task
 
 from conftest import make_tokenizer
 
@@ -226,3 +231,86 @@ def test_generation_matches_hf_generate(kind, tiny_llama_dir):
         for bb in (fast, plain):
             bb.tokenizer.eos_token = "</s>"
     assert got == want
+
+
+# sources of different lengths (padded), 2 tasks, one- and multi-token choices, 2 or 3 per example
+RANK = [("sst2 sentence: a charming and funny movie that never drags", 0, ["positive", "negative"]),
+        ("sst2 sentence: drags", 1, ["positive", "negative", "not_entailment"]),
+        ("question: who wrote the book ? context: the book was written by ada", 1, ["ada", "the cat sat on"]),
+        ("rte sentence1: the cat sat", 0, ["entailment", "not_entailment"])]
+
+
+def _rank_batch(bb: Backbone, rank=RANK):
+    enc = TextEncoder(bb.tokenizer, bb.kind)
+    feats = [Feature(enc.source(s), [], k) for s, k, _ in rank]
+    ids = [[enc.target(c) for c in ch] for _, _, ch in rank]
+    return feats, ids, collate_choices(feats, ids, bb.kind, bb.pad_id)
+
+
+def test_rank_scores_equal_one_row_per_choice(tiny_llama_dir):
+    """Each source once, its choices against the source's cache == the per-row scores of
+    [prompt ; source ; choice] rows through the plain path (fp32, atol 1e-5)."""
+    fast, plain = _pair("llama", tiny_llama_dir)
+    feats, ids, (batch, rows) = _rank_batch(fast)
+    assert (batch["attention_mask"] == 0).any() and max(len(c) for ch in ids for c in ch) > 3
+    table = _table(fast).detach()
+    per_row = collate([Feature(feats[e].source, c, feats[e].task_index) for e, ch in enumerate(ids) for c in ch],
+                      plain.kind, plain.pad_id)
+    with torch.no_grad():
+        out = plain(table, per_row)
+        want = sequence_logprob(out.logits, out.labels)
+    assert fast.uses_fast_prefix
+    seen = []
+    h = fast.model.base_model.register_forward_pre_hook(
+        lambda m, args, kw: seen.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True)
+    try:
+        got = fast.score_choices(table, batch)
+    finally:
+        h.remove()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    N, T = batch["labels"].shape
+    # prompts of the 2 tasks, every source once, then every choice's tokens but its last
+    assert seen == [(2, 4), tuple(batch["input_ids"].shape), (N, T - 1)] and N == len(rows) > len(feats)
+
+
+def test_prompt_keys_values_computed_once_and_reused(tiny_llama_dir):
+    fast, plain = _pair("llama", tiny_llama_dir)
+    table = _table(fast).detach()
+    with torch.no_grad():
+        kv = fast.prefix(table)
+        parts = [fastpath.prompt_kv(fast, table[i: i + 1]) for i in range(3)]
+    assert isinstance(kv, PrefixKV) and kv.num_prompts == 3 and kv.length == 4 and kv.nbytes > table.nbytes
+    assert not isinstance(plain.prefix(table), PrefixKV)  # plain path: the table itself
+    # one task at a time, assembled into a table (as a server keeps them), == the table at once
+    joined = PrefixKV.cat([parts[2], parts[0], parts[1]]).select([1, 2, 0])
+    for (k, v), (k2, v2) in zip(kv.layers, joined.layers):
+        torch.testing.assert_close(k, k2, atol=1e-6, rtol=0)
+        torch.testing.assert_close(v, v2, atol=1e-6, rtol=0)
+    # reused by several batches: scores and generations equal the plain path's
+    _, _, (rank_batch, _) = _rank_batch(fast)
+    for b in (rank_batch, _rank_batch(fast, RANK[1:3])[2][0]):
+        torch.testing.assert_close(fast.score_choices(joined, b), plain.score_choices(table, b), atol=1e-5, rtol=0)
+    enc = TextEncoder(fast.tokenizer, fast.kind)
+    gen = collate_source([Feature(enc.source(s), [], k) for s, _, k in EXAMPLES], fast.kind, fast.pad_id)
+    assert fast.generate(kv, gen, 5) == plain.generate(table, gen, 5)
+    # a row with an empty source cannot start from the prefix: the plain path runs it from kv.prompts
+    empty = collate_source([Feature([], [], 0), Feature(enc.source("drags"), [], 1)], fast.kind, fast.pad_id)
+    assert fast.generate(kv, empty, 3) == plain.generate(table, empty, 3)
+
+
+@pytest.mark.parametrize("name", ["sst2", "squad"])
+def test_predict_batches_by_length_and_keeps_example_order(name, tiny_llama_dir):
+    fast, plain = _pair("llama", tiny_llama_dir)
+    task = get_task(name)
+    texts = [s for s, _, _ in EXAMPLES] + ["sst2 sentence: funny and charming", "a"]
+    words = ["positive", "negative", "not_entailment"]  # per-example choices, rotated: answers differ
+    examples = [Example(source=t, target="", choices=words[i % 3:] + words[: i % 3] if name == "sst2" else None)
+                for i, t in enumerate(texts)]
+    enc = TextEncoder(fast.tokenizer, fast.kind, max_target_length=4)
+    table = _table(fast).detach()
+    got = predict(fast, lambda: table, task, examples, enc, batch_size=3, task_index=2, progress=False)
+    want = predict(plain, lambda: table, task, examples, enc, batch_size=3, task_index=2, progress=False)
+    alone = [predict(plain, lambda: table, task, [e], enc, batch_size=1, task_index=2, progress=False)[0]
+             for e in examples]
+    assert got == want == alone
+    assert len(set(got)) > 1  # not a constant answer: the order really is checked

@@ -1,9 +1,8 @@
 """Tokenisation, collation and resumable batch order.
 
 Feature = one tokenised example: source ids, target ids and the index of its
-task's prompt row. Collators pad for the backbone kind (see backbone.py):
-seq2seq right-pads source and target; causal left-pads [source ; target] so the
-targets are the last tokens of each row.
+task's prompt row. Tokenising and collating follow the backbone kind's spec
+(kinds.py: padding side, where the target goes).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Optional, Protocol, Sequence
 
 import torch
 
-from .backbone import IGNORE, ModelKind
+from .kinds import ModelKind, spec_for
 
 
 @dataclass
@@ -27,22 +26,19 @@ class TextEncoder:
     """Turns source/target text into token ids for one backbone kind."""
 
     def __init__(self, tokenizer, kind: ModelKind, max_source_length: int = 256, max_target_length: int = 128):
-        self.tok, self.kind = tokenizer, ModelKind(kind)
+        self.tok, self.kind, self.spec = tokenizer, ModelKind(kind), spec_for(kind)
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
 
     def source(self, text: str) -> list[int]:
         ids = self.tok(text, add_special_tokens=True)["input_ids"]
-        if len(ids) > self.max_source_length:  # keep the start (task prefix) and the closing special token
-            tail = ids[-1:] if self.kind == ModelKind.SEQ2SEQ else []
+        if len(ids) > self.max_source_length:  # keep the start (task prefix) and the closing special token(s)
+            tail = ids[len(ids) - self.spec.source_tail:]
             ids = ids[: self.max_source_length - len(tail)] + tail
         return ids
 
     def target(self, text: str) -> list[int]:
-        if self.kind == ModelKind.SEQ2SEQ:
-            ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        else:  # continue the source after a space; EOS ends the answer
-            ids = self.tok(" " + text, add_special_tokens=False)["input_ids"]
-        eos = self.tok.eos_token_id
+        ids = self.tok(self.spec.target_prefix + text, add_special_tokens=False)["input_ids"]
+        eos = self.tok.eos_token_id  # EOS ends the answer
         return ids[: self.max_target_length - 1] + [eos]
 
     def feature(self, source: str, target: str, task_index: int = 0) -> Feature:
@@ -74,48 +70,22 @@ class LazyFeatures(Sequence[Feature]):
         return f
 
 
-def _pad(seqs: Sequence[list[int]], value: int, left: bool) -> torch.Tensor:
-    n = max((len(s) for s in seqs), default=0)
-    rows = [([value] * (n - len(s)) + list(s)) if left else (list(s) + [value] * (n - len(s))) for s in seqs]
-    return torch.tensor(rows, dtype=torch.long).reshape(len(seqs), n)
-
-
 def collate(features: Sequence[Feature], kind: ModelKind, pad_id: int) -> dict[str, torch.Tensor]:
     """Teacher-forcing batch: input_ids, attention_mask [B, S]; labels [B, T]; task_index [B]."""
-    task_index = torch.tensor([f.task_index for f in features], dtype=torch.long)
-    if kind == ModelKind.SEQ2SEQ:
-        ids = _pad([f.source for f in features], pad_id, left=False)
-        mask = _pad([[1] * len(f.source) for f in features], 0, left=False)
-        labels = _pad([f.target for f in features], IGNORE, left=False)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "task_index": task_index}
-    seqs = [f.source + f.target for f in features]
-    ids = _pad(seqs, pad_id, left=True)
-    mask = _pad([[1] * len(s) for s in seqs], 0, left=True)
-    T = max(len(f.target) for f in features)
-    labels = _pad([f.target for f in features], IGNORE, left=True)[:, -T:]
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "task_index": task_index}
+    return spec_for(kind).collate(features, pad_id)
 
 
 def collate_source(features: Sequence[Feature], kind: ModelKind, pad_id: int) -> dict[str, torch.Tensor]:
-    """Generation batch: the source only (left-padded for causal models)."""
-    left = kind == ModelKind.CAUSAL
-    return {"input_ids": _pad([f.source for f in features], pad_id, left),
-            "attention_mask": _pad([[1] * len(f.source) for f in features], 0, left),
-            "task_index": torch.tensor([f.task_index for f in features], dtype=torch.long)}
+    """Generation batch: the sources only (padded on the kind's side)."""
+    return spec_for(kind).collate_source(features, pad_id)
 
 
 def collate_choices(features: Sequence[Feature], choices: Sequence[Sequence[list[int]]], kind: ModelKind,
                     pad_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Rank-classification batch: one row per (example, choice). Returns (batch, row_example [N])."""
-    row_example = torch.tensor([i for i, ch in enumerate(choices) for _ in ch], dtype=torch.long)
-    flat = [c for ch in choices for c in ch]
-    if kind == ModelKind.SEQ2SEQ:
-        batch = collate_source(features, kind, pad_id)
-        batch["labels"] = _pad(flat, IGNORE, left=False)
-        batch["row_example"] = row_example
-        return batch, row_example
-    rows = [Feature(features[i].source, c, features[i].task_index) for i, c in zip(row_example.tolist(), flat)]
-    return collate(rows, kind, pad_id), row_example
+    """Rank-classification batch: each source once, one label row per (example, choice).
+    Returns (batch, row_example [N]); see kinds.KindSpec.collate_choices."""
+    batch = spec_for(kind).collate_choices(features, choices, pad_id)
+    return batch, batch["row_example"]
 
 
 # -- batch order ------------------------------------------------------------

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 
+class TrainingError(RuntimeError):
+    """A run cannot go on (non-finite loss, unsupported distributed setup); defined here so that
+    sharding.py and engine.py share it without one importing the other."""
+
+
 def user_errors() -> tuple[type, ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .engine import TrainingError
     from .prompts.io import PromptFileError
     from .tasks.readers import DataError
 

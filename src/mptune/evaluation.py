@@ -1,9 +1,13 @@
 """Evaluation: rank classification for label tasks, greedy generation otherwise.
 
-Rank classification scores every verbalised choice of every example in one
-batched pass (sum of target-token log-probs, EOS included, as T5 does) and
-predicts the best. Generation decodes greedily; the task parses the text
-(regression: a number string, as T5 does for STS-B).
+Rank classification scores every verbalised choice of every example (sum of
+target-token log-probs, EOS included, as T5 does) and predicts the best; each
+source is encoded once for all its choices. Generation decodes greedily; the task
+parses the text (regression: a number string, as T5 does for STS-B).
+
+The task's prompt is prepared once per call (on the fast path: its keys/values,
+reused by every batch), and examples are batched in order of source length so a
+batch pads little; predictions come back in example order.
 
 Under several processes each process scores a strided shard; predictions are
 gathered and put back in example order, so every example counts exactly once.
@@ -11,6 +15,7 @@ gathered and put back in example order, so every example counts exactly once.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -19,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .data import Feature, TextEncoder, collate_choices, collate_source
-from .engine import is_sharded
+from .sharding import is_sharded
 from .tasks import Example, Task, TaskKind
 
 
@@ -42,25 +47,30 @@ def predict(backbone: Backbone, prompts: Callable[[], torch.Tensor], task: Task,
         # number of passes, so short shards repeat an example whose prediction is then dropped.
         per = -(-len(examples) // world)
         run = mine + [mine[0] if mine else 0] * (per - len(mine))
-    out: list = []
     max_new = max_new_tokens or encoder.max_target_length
+    classify = task.kind == TaskKind.CLASSIFICATION
+    target = functools.lru_cache(maxsize=None)(encoder.target)  # each label word tokenised once
+    sources = [encoder.source(examples[i].source) for i in run]
+    order = sorted(range(len(run)), key=lambda j: len(sources[j]))  # similar lengths share a batch
+    out: list = [None] * len(run)
     with torch.no_grad():
-        table = prompts().detach()
-        bar = tqdm(range(0, len(run), batch_size), desc=f"eval {task.name}", leave=False,
+        prefix = backbone.prefix(prompts().detach()[task_index: task_index + 1])  # this task's row only: index 0
+        bar = tqdm(range(0, len(order), batch_size), desc=f"eval {task.name}", leave=False,
                    disable=not progress or rank != 0)
         for s in bar:
-            exs = [examples[i] for i in run[s: s + batch_size]]
-            feats = [Feature(encoder.source(e.source), [], task_index) for e in exs]
-            if task.kind == TaskKind.CLASSIFICATION:
-                choices = [task.choices(e) for e in exs]
-                ids = [[encoder.target(c) for c in ch] for ch in choices]
+            js = order[s: s + batch_size]
+            feats = [Feature(sources[j], [], 0) for j in js]
+            if classify:
+                choices = [task.choices(examples[run[j]]) for j in js]
+                ids = [[target(c) for c in ch] for ch in choices]
                 batch, row_example = collate_choices(feats, ids, backbone.kind, backbone.pad_id)
-                scores = backbone.score_choices(table, _to(batch, backbone.device)).cpu()
-                for i in range(len(exs)):
-                    out.append(int(scores[row_example == i].argmax()))
+                scores = backbone.score_choices(prefix, _to(batch, backbone.device)).cpu()
+                preds = [int(scores[row_example == i].argmax()) for i in range(len(js))]
             else:
                 batch = collate_source(feats, backbone.kind, backbone.pad_id)
-                out += backbone.generate(table, _to(batch, backbone.device), max_new)
+                preds = backbone.generate(prefix, _to(batch, backbone.device), max_new)
+            for j, p in zip(js, preds):
+                out[j] = p
     out = out[: len(mine)]
     if world > 1:
         out = gather_in_order(mine, out, len(examples))

@@ -28,7 +28,7 @@ def eval_gather(job: dict, acc) -> dict:
     from mptune.backbone import load_backbone
     from mptune.config import ModelConfig
     from mptune.data import TextEncoder
-    from mptune.engine import shard_frozen_backbone, sharding_requested
+    from mptune.sharding import shard_frozen_backbone, sharding_requested
     from mptune.evaluation import predict
     from mptune.prompts.soft import SoftPrompt
     from mptune.tasks import get_task

@@ -8,7 +8,8 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 
-from mptune.engine import TrainingError, check_distributed_type, sharding_requested
+from mptune.errors import TrainingError
+from mptune.sharding import check_distributed_type, sharding_requested
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 

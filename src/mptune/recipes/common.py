@@ -30,7 +30,7 @@ def make_accelerator(mixed_precision: str = "no"):
 def setup_backbone(cfg: ModelConfig, accelerator) -> Backbone:
     backbone = load_backbone(cfg)
     backbone.model.to(accelerator.device)
-    from ..engine import shard_frozen_backbone, sharding_requested
+    from ..sharding import shard_frozen_backbone, sharding_requested
 
     if sharding_requested(accelerator):  # FSDP config: frozen blocks sharded, prompt replicated
         shard_frozen_backbone(backbone.model, accelerator)
