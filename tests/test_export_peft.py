@@ -132,6 +132,34 @@ def test_left_padding_in_peft_shifts_the_text_as_docs_export_md_says(model, tiny
         assert (diff > 1e-4) if padded[b] else (diff < 1e-5), (b, diff)
 
 
+def test_lm_eval_harness_loglikelihood_procedure_scores_like_mptune(tiny_llama_dir, tmp_path):
+    """lm-evaluation-harness's causal log-likelihood on a peft= model, as its lm_eval/models/huggingface.py
+    does it (HFLM._loglikelihood_tokens, main branch): input = (context + continuation)[:-1], right-padded
+    with 0 (pad_and_concat), no attention mask; the continuation's logits are sliced at
+    [ctx_len - contlen : ctx_len] with ctx_len = inplen + (logits.shape[0] - padding_len_inp). Same
+    per-example sums of the target log-probs as mptune's rank classification."""
+    from mptune.backbone import sequence_logprob
+
+    backbone = load_backbone(ModelConfig(name=str(tiny_llama_dir)))
+    prompt = make_prompt("decomposed", backbone.hidden_size)
+    k = TASKS.index("mnli")
+    pm = peft_model(tiny_llama_dir, backbone.kind, export(prompt, tiny_llama_dir, tmp_path) / "mnli")
+    enc = TextEncoder(backbone.tokenizer, backbone.kind)
+    feats = [enc.feature(s, t, k) for s, t in PAIRS]
+    with torch.no_grad():
+        ours = backbone(prompt(), collate(feats, backbone.kind, backbone.pad_id))
+        want = sequence_logprob(ours.logits, ours.labels)
+        inps = [torch.tensor(f.source + f.target)[:-1] for f in feats]
+        padding_len_inp = max(len(x) for x in inps)
+        batched = torch.stack([torch.cat([x, torch.zeros(padding_len_inp - len(x), dtype=torch.long)]) for x in inps])
+        multi_logits = torch.log_softmax(pm(batched).logits, dim=-1)
+        for b, (f, logits, inp) in enumerate(zip(feats, multi_logits, inps)):
+            contlen, ctx_len = len(f.target), len(inp) + (logits.shape[0] - padding_len_inp)
+            cont = logits[ctx_len - contlen:ctx_len]
+            got = cont.gather(-1, torch.tensor(f.target).unsqueeze(-1)).sum()
+            assert abs(got.item() - want[b].item()) < 1e-4, (b, got.item(), want[b].item())
+
+
 def _adapter(folder: Path):
     """config, metadata and tensor bytes of an adapter folder."""
     from safetensors import safe_open
@@ -209,6 +237,21 @@ def test_export_refuses_what_it_cannot_write(tiny_t5_dir, tmp_path):
     with pytest.raises(PromptFileError, match="2 task names"):
         run(ExportPeftConfig(prompt=str(out / "rte"), output_dir=str(tmp_path / "o5"), direction="import",
                              tasks=["x", "y"]))
+
+
+def test_cli_export_and_import(tiny_t5_dir, tmp_path, capsys):
+    from mptune.cli import main
+
+    save_module(tmp_path / "stage" / "prompt.safetensors", make_prompt("decomposed", 32), str(tiny_t5_dir))
+    assert main(["export-peft", f"prompt={tmp_path / 'stage'}", f"output_dir={tmp_path / 'pt'}", "tasks=[sst2]"]) == 0
+    assert [p.name for p in (tmp_path / "pt").iterdir() if p.is_dir()] == ["sst2"]
+    assert main(["export-peft", f"prompt={tmp_path / 'stage'}", f"output_dir={tmp_path / 'mt'}", "mode=multitask"]) == 0
+    assert json.loads((tmp_path / "mt" / "adapter_config.json").read_text())["peft_type"] == "MULTITASK_PROMPT_TUNING"
+    assert main(["export-peft", "direction=import", f"prompt={tmp_path / 'pt' / 'sst2'}",
+                 f"output_dir={tmp_path / 'back'}"]) == 0
+    assert load_prompt(tmp_path / "back")[1].tasks == ["sst2"]
+    assert main(["export-peft", f"prompt={tmp_path / 'stage'}", f"output_dir={tmp_path / 'x'}", "mode=lora"]) != 0
+    assert "mode" in capsys.readouterr().err
 
 
 def _docs_snippet() -> str:
