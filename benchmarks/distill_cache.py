@@ -30,7 +30,7 @@ common.setup(threads=2)
 import torch  # noqa: E402
 
 from mptune.data import Feature, collate  # noqa: E402
-from mptune.losses import HiddenMSE, LogitKL, TokenNLL  # noqa: E402
+from mptune.losses import HiddenMSE, LogitKL, TokenNLL, TopKLogitKL  # noqa: E402
 from mptune.teacher_cache import open_for_distillation  # noqa: E402
 
 import methods  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> None:
     teachers = torch.randn(K, L, d) * std
     student = methods.mpt_prompt(L, d, K, std)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    nll, kl, mse = TokenNLL(), LogitKL(1.0), HiddenMSE()
+    nll, kl, topk_kl, mse = TokenNLL(), LogitKL(1.0), TopKLogitKL(1.0), HiddenMSE()
     tmp = tempfile.TemporaryDirectory()
     cache = open_for_distillation(Path(tmp.name) / "tc", feats, teachers, bb, topk=TOPK, temperature=1.0,
                                   logits=True, hidden=True)
@@ -80,7 +80,7 @@ def main() -> None:
                 idx = list(range(B))
                 assert not cache.missing(idx)
             t = cache.lookup(idx, batch, teacher)
-            loss = loss + cache.kl(s.logits, t, s.labels) + mse(s.hidden, t.hidden, s.labels)
+            loss = loss + topk_kl(s.logits, t.logp, s.labels, t.index, t.log_rest) + mse(s.hidden, t.hidden, s.labels)
         loss.mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -1,10 +1,11 @@
 """Losses against plain reference computations."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mptune.backbone import IGNORE, TargetOutput
-from mptune.losses import HiddenMSE, LogitKL, TokenNLL
+from mptune.losses import DistillLoss, HiddenMSE, LogitKL, TokenNLL, TopKLogitKL
 
 
 def _data(seed=0):
@@ -54,3 +55,152 @@ def test_hidden_mse_matches_reference():
         keep = labels[b] != IGNORE
         torch.testing.assert_close(got[b], F.mse_loss(hs[b][keep], ht[b][keep]))
     assert HiddenMSE()(hs, hs, labels).abs().max() == 0
+
+
+# -- top-k KL against stored teachers (teacher_cache) ------------------------------
+
+
+def _bucket_kl_reference(teacher, student, labels, k, t):
+    """Plain loops: KL between teacher and student coarsened to (teacher's top-k tokens, the rest), per example."""
+    out = []
+    for b in range(teacher.shape[0]):
+        total, n = 0.0, 0
+        for i in range(teacher.shape[1]):
+            if labels[b, i] == IGNORE:
+                continue
+            p, s = F.softmax(teacher[b, i].double() / t, -1), F.softmax(student[b, i].double() / t, -1)
+            top = torch.argsort(p, descending=True)[:k]
+            P = torch.cat([p[top], (1 - p[top].sum()).clamp(min=0).reshape(1)])
+            S = torch.cat([s[top], (1 - s[top].sum()).reshape(1)])
+            total += sum(pj * (pj.log() - sj.log()) for pj, sj in zip(P, S) if pj > 0)
+            n += 1
+        out.append(total / max(n, 1) * t * t)
+    return torch.stack([torch.as_tensor(x) for x in out]).float()
+
+
+def _stored(teacher, k, t):
+    """What teacher_cache stores: top-k log-probs, their ids, log of the remaining mass."""
+    lp = F.log_softmax(teacher.float() / t, -1)
+    vals, idx = lp.topk(k, -1)
+    return vals, idx, lp.scatter(-1, idx, float("-inf")).logsumexp(-1)
+
+
+def test_topk_kl_with_full_storage_is_exactly_logit_kl():
+    s, labels = _data()
+    t, _ = _data(1)
+    T = 1.7
+    want = LogitKL(T)(s, t, labels)
+    assert torch.equal(TopKLogitKL(T)(s, F.log_softmax(t / T, -1), labels), want)  # index None: the whole vocabulary
+    vals, idx, rest = _stored(t, t.shape[-1], T)  # top-k with k = V: every token, in another order
+    assert torch.isinf(rest).all()  # no mass left outside
+    torch.testing.assert_close(TopKLogitKL(T)(s, vals, labels, idx, rest), want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])  # V = 7
+def test_topk_kl_is_the_bucket_kl_and_a_lower_bound_of_the_full_kl(k):
+    s, labels = _data()
+    t, _ = _data(1)
+    T = 1.5
+    s.requires_grad_(True)
+    got = TopKLogitKL(T)(s, *_stored(t, k, T)[:1], labels, *_stored(t, k, T)[1:])
+    torch.testing.assert_close(got, _bucket_kl_reference(t, s.detach(), labels, k, T), atol=1e-5, rtol=1e-4)
+    full = LogitKL(T)(s, t, labels)
+    assert (got <= full + 1e-6).all()  # a lower bound ...
+    if k < s.shape[-1] - 1:  # ... strictly below when the rest bucket merges >= 2 tokens
+        assert (got < full - 1e-4).all()
+    else:  # one token outside the top-k: nothing is merged, the full KL
+        torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)
+    (g,) = torch.autograd.grad(got.sum(), s)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_topk_kl_with_a_one_hot_teacher_is_finite():
+    s, labels = _data()
+    t = torch.full_like(s, -1e4)
+    t[..., 2] = 0.0  # all mass on one token: the rest bucket is 0 and contributes 0 (0 log 0)
+    got = TopKLogitKL(1.0)(s, *_stored(t, 1, 1.0)[:1], labels, *_stored(t, 1, 1.0)[1:])
+    torch.testing.assert_close(got, LogitKL(1.0)(s, t, labels), atol=1e-5, rtol=1e-5)
+
+
+# -- DistillLoss: L_PLM + λ (L_logits + L_hidden) ----------------------------------
+
+
+def _pre_refactor_step_loss(s, t, labels, lam, use_logits, use_hidden, temperature, attention_mask=None, cached=None):
+    """The distill recipe's loss before DistillLoss existed (its operations, in its order)."""
+    nll, kl, mse = TokenNLL(), LogitKL(temperature), HiddenMSE()
+    plm = nll(s)
+    extra = torch.zeros_like(plm)
+    if use_logits:
+        if cached is not None:  # the former TeacherCache.kl
+            sl = F.log_softmax(s.logits.float() / temperature, dim=-1)
+            p = cached.logp
+            if cached.index is None:
+                lk = (p.exp() * (p - sl)).sum(-1)
+            else:
+                lk = (p.exp() * (p - sl.gather(-1, cached.index))).sum(-1)
+                s_rest = sl.scatter(-1, cached.index, float("-inf")).logsumexp(-1)
+                p_rest = cached.log_rest.exp()
+                term = p_rest * (cached.log_rest - s_rest)
+                lk = lk + torch.where(p_rest > 0, term, torch.zeros_like(term))
+            m = (labels != IGNORE).float()
+            lk = (lk * m).sum(-1) / m.sum(-1).clamp(min=1.0) * temperature * temperature
+        else:
+            lk = kl(s.logits, t.logits, labels)
+        extra = extra + lk
+    if use_hidden:
+        if attention_mask is None:
+            lh = mse(s.hidden, t.hidden, labels)
+        else:
+            lh = mse(s.source_hidden, t.source_hidden, attention_mask.masked_fill(attention_mask == 0, -100))
+        extra = extra + lh
+    return plm + lam * extra
+
+
+@pytest.fixture(scope="module")
+def step_outputs(tiny_llama_dir):
+    """A distill step on a tiny Llama: the student's and the teachers' outputs on one mixed-task batch."""
+    from mptune.backbone import load_backbone
+    from mptune.config import ModelConfig
+    from mptune.data import TextEncoder, collate
+
+    bb = load_backbone(ModelConfig(name=str(tiny_llama_dir)))
+    enc = TextEncoder(bb.tokenizer, bb.kind)
+    batch = collate([enc.feature("sst2 sentence: a charming movie", "positive", 0),
+                     enc.feature("rte sentence1: the cat sat sentence2: a cat", "not_entailment", 1)],
+                    bb.kind, bb.pad_id)
+    g = torch.Generator().manual_seed(0)
+    student, teachers = torch.randn(2, 3, bb.hidden_size, generator=g), torch.randn(2, 3, bb.hidden_size, generator=g)
+    return bb(student, batch, hidden=True), bb(teachers, batch, hidden=True), batch
+
+
+@pytest.mark.parametrize("lam,use_logits,use_hidden,at_source", [(1.0, True, True, False), (0.3, True, False, False),
+                                                                 (2.0, False, True, True), (0.5, True, True, True)])
+def test_distill_loss_equals_the_pre_refactor_formula(step_outputs, lam, use_logits, use_hidden, at_source):
+    s, t, batch = step_outputs
+    mask = batch["attention_mask"] if at_source else None
+    loss, terms = DistillLoss(lam, 2.0, use_logits, use_hidden)(s, t, mask)
+    assert torch.equal(loss, _pre_refactor_step_loss(s, t, s.labels, lam, use_logits, use_hidden, 2.0, mask))
+    assert set(terms) == {"plm"} | ({"kl"} if use_logits else set()) | ({"hidden"} if use_hidden else set())
+    assert torch.equal(terms["plm"], TokenNLL()(s))
+    assert (terms.get("kl", torch.ones(1)) > 0).all() and (terms.get("hidden", torch.ones(1)) > 0).all()
+
+
+@pytest.mark.parametrize("k", [0, 8])
+def test_distill_loss_on_cached_teachers_equals_the_pre_refactor_formula(step_outputs, tmp_path, k):
+    from mptune.teacher_cache import TeacherCache
+
+    s, t, _ = step_outputs
+    V = s.logits.shape[-1]
+    cache = TeacherCache(tmp_path, (s.labels != IGNORE).sum(1).tolist(), vocab_size=V, hidden_size=s.hidden.shape[-1],
+                         topk=k, temperature=2.0)
+    cache.write([0, 1], t)
+    cached = cache.read([0, 1], s.labels)
+    assert (cached.index is None) == (k == 0)
+    loss, _ = DistillLoss(0.7, 2.0)(s, cached)
+    assert torch.equal(loss, _pre_refactor_step_loss(s, t, s.labels, 0.7, True, True, 2.0, cached=cached))
+
+
+def test_distill_loss_without_teacher_is_the_task_loss(step_outputs):
+    s, _, _ = step_outputs
+    loss, terms = DistillLoss(1.0)(s, None)
+    assert torch.equal(loss, TokenNLL()(s)) and list(terms) == ["plm"]

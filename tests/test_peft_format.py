@@ -1,4 +1,5 @@
-"""PEFT multitask-prompt export/import: PEFT's model gives mptune's logits; round trips; bad folders refused."""
+"""PEFT multitask-prompt export/import (mode=multitask): PEFT's model gives mptune's logits; round trips;
+bad folders refused. The single-task PROMPT_TUNING export is tested in test_export_peft.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from mptune.config import ModelConfig
 from mptune.data import TextEncoder, collate
 from mptune.prompts import PromptFileError, load_prompt, save_prompt
 from mptune.prompts.decomposed import DecomposedPrompt
-from mptune.prompts.peft_format import export_peft, import_peft
+from mptune.prompts.peft_format import PeftExportMode, export_multitask, import_peft
 from mptune.recipes.export_peft import ExportPeftConfig, run
 
 peft = pytest.importorskip("peft")
@@ -65,7 +66,7 @@ def test_peft_logits_match_mptune(model, rank, tiny_t5_dir, tiny_llama_dir, tmp_
     model_dir = tiny_t5_dir if model == "t5" else tiny_llama_dir
     backbone = load_backbone(ModelConfig(name=str(model_dir)))
     prompt = random_prompt(backbone.hidden_size, rank)
-    export_peft(prompt, tmp_path / "peft", backbone.kind, base_model=str(model_dir))
+    export_multitask(prompt, tmp_path / "peft", backbone.kind, base_model=str(model_dir))
     pm = peft_model(model_dir, backbone.kind, tmp_path / "peft")
     cfg = pm.peft_config["default"]
     assert (cfg.num_tasks, cfg.num_ranks, cfg.num_transformer_submodules) == (len(TASKS), rank, 1)
@@ -100,7 +101,8 @@ def test_round_trip_and_recipe(tiny_t5_dir, tmp_path):
     save_prompt(tmp_path / "stage" / "prompt.safetensors", prompt.state_tensors(), meta)
 
     # export through the recipe (backbone from the prompt's metadata: no config.yaml here)
-    summary = run(ExportPeftConfig(prompt=str(tmp_path / "stage"), output_dir=str(tmp_path / "peft")))
+    summary = run(ExportPeftConfig(prompt=str(tmp_path / "stage"), output_dir=str(tmp_path / "peft"),
+                                   mode=PeftExportMode.multitask))
     assert summary["tasks"] == TASKS and summary["backbone"] == str(tiny_t5_dir)
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert config["task_type"] == "SEQ_2_SEQ_LM" and config["num_virtual_tokens"] == 5
@@ -160,7 +162,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_folder_refused(case, tmp_path):
-    export_peft(random_prompt(16, rank=1), tmp_path, "seq2seq", base_model="t5-small")
+    export_multitask(random_prompt(16, rank=1), tmp_path, "seq2seq", base_model="t5-small")
     corrupt, message = MALFORMED[case]
     corrupt(tmp_path)
     with pytest.raises(PromptFileError, match=message):
@@ -170,6 +172,6 @@ def test_malformed_folder_refused(case, tmp_path):
 def test_missing_folder_and_wrong_task_count(tmp_path):
     with pytest.raises(PromptFileError, match="not found"):
         import_peft(tmp_path / "nope")
-    export_peft(random_prompt(16, rank=1), tmp_path, "causal", base_model="llama")
+    export_multitask(random_prompt(16, rank=1), tmp_path, "causal", base_model="llama")
     with pytest.raises(PromptFileError, match="2 task names"):
         import_peft(tmp_path, tasks=["a", "b"])

@@ -94,3 +94,46 @@ def test_foreign_safetensors_without_metadata_is_refused(tmp_path):
     save_file({"prompt": torch.zeros(4, 8)}, str(tmp_path / "prompt.safetensors"))
     with pytest.raises(PromptFileError, match="metadata key 'format' missing"):
         load_prompt(tmp_path)
+
+
+# -- the registry of prompt kinds -------------------------------------------------
+
+
+def _examples():
+    from mptune.prompts.decomposed import DecomposedPrompt
+
+    g = torch.Generator().manual_seed(0)
+    return [SoftPrompt(4, 8, torch.randn(4, 8, generator=g), ["sst2"]),
+            DecomposedPrompt(torch.randn(4, 8, generator=g), ["rte", "cb"], 2, torch.randn(2, 4, 2, generator=g),
+                             torch.randn(2, 2, 8, generator=g))]
+
+
+@pytest.mark.parametrize("i", range(2))
+def test_every_kind_round_trips_through_its_registered_class(tmp_path, i):
+    from mptune.prompts import PROMPT_KINDS, PromptModule, load_module, save_module
+
+    module = _examples()[i]
+    assert isinstance(module, PromptModule) and PROMPT_KINDS[module.kind] is type(module)
+    save_module(tmp_path / "prompt.safetensors", module, "tiny")
+    back, meta = load_module(tmp_path, backbone="tiny", dim=8)
+    assert type(back) is type(module) and meta == module.meta("tiny") and back.tasks == module.tasks
+    assert torch.equal(back(), module()) and back().shape == (len(module.tasks), 4, 8)
+    assert set(module.state_tensors()) == set(module.tensor_ranks)
+    # a pickle of the same tensors: the kind is read off the tensor names, the shapes give the metadata
+    torch.save(module.state_tensors(), str(tmp_path / "p.pt"))
+    tensors, pmeta = load_prompt(tmp_path / "p.pt", allow_pickle=True)
+    assert pmeta.kind == module.kind and (pmeta.length, pmeta.dim, pmeta.rank) == (meta.length, 8, meta.rank)
+
+
+def test_task_rows_and_unknown_kinds(tmp_path):
+    import re
+
+    from mptune.prompts import PROMPT_KINDS
+
+    soft, dec = _examples()
+    assert soft.task_index("anything") == 0  # one prompt serves any task
+    assert dec.task_index("cb") == 1
+    with pytest.raises(KeyError, match="not in this prompt"):
+        dec.task_index("sst2")
+    with pytest.raises(PromptFileError, match=re.escape(f"unknown prompt kind 'lora'; valid: {sorted(PROMPT_KINDS)}")):
+        save_prompt(tmp_path / "x.safetensors", {"prompt": torch.zeros(4, 8)}, _meta(kind="lora"))

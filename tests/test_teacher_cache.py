@@ -1,6 +1,6 @@
-"""Teacher cache: the distillation loss from cached teacher outputs equals the live one
-(exactly with full log-probs; top-k plus remaining mass is the (k+1)-bucket KL), and the
-distill stage gives the same training run with and without it."""
+"""Teacher cache: the distillation loss from cached teacher outputs (losses.TopKLogitKL) equals
+the live one (exactly with full log-probs; top-k plus remaining mass is the (k+1)-bucket KL), and
+the distill stage gives the same training run with and without it."""
 
 import json
 
@@ -11,8 +11,12 @@ import torch.nn.functional as F
 from mptune.backbone import IGNORE, TargetOutput, load_backbone
 from mptune.config import ModelConfig
 from mptune.data import TextEncoder, collate
-from mptune.losses import HiddenMSE, LogitKL
+from mptune.losses import HiddenMSE, LogitKL, TopKLogitKL
 from mptune.teacher_cache import TeacherCache, open_for_distillation
+
+def cached_kl(t, student, cached, labels):
+    return TopKLogitKL(t)(student, cached.logp, labels, cached.index, cached.log_rest)
+
 
 EXAMPLES = [("sst2 sentence: a charming and funny movie", "positive", 0), ("sst2 sentence: drags", "negative", 1),
             ("rte sentence1: the cat sat sentence2: a cat", "not_entailment", 1), ("question: who ?", "ada", 0)]
@@ -49,7 +53,7 @@ def test_full_logprobs_give_exactly_the_live_loss(bb, tmp_path):
     assert calls == [4] and cache.filled == 4
     student = torch.randn_like(live.logits, requires_grad=True)
     want = LogitKL(2.0)(student, live.logits, live.labels)
-    got = cache.kl(student, t, live.labels)
+    got = cached_kl(2.0, student, t, live.labels)
     assert torch.equal(got, want)
     (g1,) = torch.autograd.grad(got.sum(), student)
     (g2,) = torch.autograd.grad(want.sum(), student)
@@ -62,8 +66,8 @@ def test_full_logprobs_give_exactly_the_live_loss(bb, tmp_path):
     t2 = cache.lookup(idx2, batch2, run)
     assert calls == [4]
     live2 = bb(teachers, batch2, hidden=True)
-    torch.testing.assert_close(cache.kl(student[:2, : live2.logits.shape[1]] if bb.kind.value == "seq2seq" else
-                                        student[:2, -live2.logits.shape[1]:], t2, live2.labels),
+    torch.testing.assert_close(cached_kl(2.0, student[:2, : live2.logits.shape[1]] if bb.kind.value == "seq2seq" else
+                                         student[:2, -live2.logits.shape[1]:], t2, live2.labels),
                                LogitKL(2.0)(student[:2, : live2.logits.shape[1]] if bb.kind.value == "seq2seq" else
                                             student[:2, -live2.logits.shape[1]:], live2.logits, live2.labels),
                                atol=1e-5, rtol=1e-5)
@@ -112,7 +116,7 @@ def test_topk_kl_is_the_bucket_kl_and_close_to_the_full_kl_when_peaked(tmp_path,
     cache = _synthetic_cache(tmp_path, V, k, t)
     cache.write([0, 1], TargetOutput(teacher, labels))
     ct = cache.read([0, 1], labels)
-    got = cache.kl(student, ct, labels)
+    got = cached_kl(t, student, ct, labels)
     m = (labels != IGNORE).float()
     ref_tok = _bucket_kl(teacher.double(), student.double(), k, t).float()
     want = (ref_tok * m).sum(-1) / m.sum(-1)

@@ -22,14 +22,10 @@ plus a write and later epochs read only. A crash loses nothing written before it
 ``meta.json`` records a fingerprint of everything the values depend on (backbone,
 teacher prompts, temperature, k, the tokenised features); a mismatch rebuilds the cache.
 
-Top-k KL with the remaining mass (k+1 buckets: the top-k tokens and "the rest"):
-
-    KL_k = sum_{v in topk} p_v (log p_v - log s_v) + p_rest (log p_rest - log s_rest),
-
-where s_rest is the student's mass outside the teacher's top-k. This is the KL
-between the two distributions coarsened to k+1 outcomes: exact when the teacher's
-mass outside the top-k is 0 and never larger than the full KL (data processing
-inequality); with full storage the loss equals the live one.
+The loss against these values is losses.TopKLogitKL: with full storage it equals the
+live LogitKL exactly; with the top-k it is the KL between the two distributions coarsened
+to k+1 outcomes (the top-k tokens and "the rest"), a lower bound of the full KL that is
+exact when the teacher's mass outside the top-k is 0.
 
 Multi-process: processes on one machine share the files (the main process creates
 them); each writes only its own examples.
@@ -60,7 +56,7 @@ _NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat
 
 @dataclass
 class CachedTeacher:
-    """Teacher outputs for one batch, aligned with its labels [B, T].
+    """Teacher outputs for one batch, aligned with its labels [B, T] (what losses.DistillLoss reads).
 
     logp [B, T, k] (full: k = V), index [B, T, k] or None (full), log_rest [B, T] or None,
     hidden [B, T, d] or None. Padded target positions hold zeros (masked by the losses).
@@ -242,25 +238,6 @@ class TeacherCache:
                 out = run_teacher(sub)
             self.write([examples[j] for j in miss], out)
         return self.read(examples, batch["labels"])
-
-    # -- loss ----------------------------------------------------------------
-    def kl(self, student_logits: torch.Tensor, teacher: CachedTeacher, labels: torch.Tensor) -> torch.Tensor:
-        """KL(teacher || student) per example [B] at temperature T (T^2 scaled), as losses.LogitKL;
-        top-k storage uses the (k+1)-bucket KL described in the module docstring."""
-        t = self.temperature
-        s = F.log_softmax(student_logits.float() / t, dim=-1)
-        p = teacher.logp
-        if self.full:
-            kl = (p.exp() * (p - s)).sum(-1)  # the same operations as LogitKL
-        else:
-            s_k = s.gather(-1, teacher.index)
-            kl = (p.exp() * (p - s_k)).sum(-1)
-            s_rest = s.scatter(-1, teacher.index, float("-inf")).logsumexp(-1)
-            p_rest = teacher.log_rest.exp()
-            term = p_rest * (teacher.log_rest - s_rest)
-            kl = kl + torch.where(p_rest > 0, term, torch.zeros_like(term))
-        m = (labels != IGNORE).float()
-        return (kl * m).sum(-1) / m.sum(-1).clamp(min=1.0) * t * t
 
 
 def open_for_distillation(folder: str | Path, features: Sequence, teachers: torch.Tensor, backbone, *,

@@ -13,15 +13,20 @@ Initialisation (documented defaults):
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .io import PromptMeta
+from .base import PromptMeta
 
 
 class DecomposedPrompt(nn.Module):
+    """A PromptModule: shared P* [l, d], task_u [K, l, r], task_v [K, r, d]."""
+
+    kind: ClassVar[str] = "decomposed"
+    tensor_ranks: ClassVar[dict[str, int]] = {"shared": 2, "task_u": 3, "task_v": 3}
+
     def __init__(self, shared: torch.Tensor, tasks: Sequence[str], rank: int = 1,
                  task_u: Optional[torch.Tensor] = None, task_v: Optional[torch.Tensor] = None,
                  noise: float = 0.0, generator: Optional[torch.Generator] = None):
@@ -95,9 +100,22 @@ class DecomposedPrompt(nn.Module):
                 "task_v": self.task_v.detach().cpu().contiguous()}
 
     def meta(self, backbone: str) -> PromptMeta:
-        return PromptMeta(kind="decomposed", backbone=backbone, length=self.length, dim=self.dim,
+        return PromptMeta(kind=self.kind, backbone=backbone, length=self.length, dim=self.dim,
                           tasks=list(self.tasks), rank=self.rank)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: PromptMeta) -> "DecomposedPrompt":
         return cls(tensors["shared"], meta.tasks, meta.rank, tensors["task_u"], tensors["task_v"])
+
+    @classmethod
+    def shapes(cls, meta: PromptMeta) -> Optional[dict[str, tuple[int, ...]]]:
+        if meta.rank is None:
+            return None
+        (l, d), K, r = (meta.length, meta.dim), len(meta.tasks), meta.rank
+        return {"shared": (l, d), "task_u": (K, l, r), "task_v": (K, r, d)}
+
+    @classmethod
+    def meta_from_tensors(cls, tensors: dict[str, torch.Tensor], backbone: str) -> PromptMeta:
+        (l, d), (K, _, r) = tensors["shared"].shape, tensors["task_u"].shape
+        return PromptMeta(kind=cls.kind, backbone=backbone, length=l, dim=d, tasks=[f"task{k}" for k in range(K)],
+                          rank=r)

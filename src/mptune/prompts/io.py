@@ -12,9 +12,7 @@ metadata, so its backbone cannot be checked; its hidden size still is.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -23,59 +21,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ..utils import atomic_write_bytes
+from .base import FORMAT, FORMAT_VERSION, PromptFileError, PromptMeta, PromptModule
+from .registry import PROMPT_KINDS, prompt_kind
 
-FORMAT = "mptune-prompt"
-FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-# Tensors each prompt kind must carry, with their ranks.
-KIND_TENSORS = {"soft": {"prompt": 2}, "decomposed": {"shared": 2, "task_u": 3, "task_v": 3}}
 
-
-class PromptFileError(ValueError):
-    """A prompt file is missing, corrupt, or made for another backbone/shape."""
-
-
-@dataclass
-class PromptMeta:
-    kind: str  # "soft" | "decomposed"
-    backbone: str
-    length: int
-    dim: int
-    tasks: list[str] = field(default_factory=list)
-    rank: Optional[int] = None
-    format_version: int = FORMAT_VERSION
-
-    def to_strings(self) -> dict[str, str]:
-        d = {"format": FORMAT, "format_version": str(self.format_version), "kind": self.kind,
-             "backbone": self.backbone, "length": str(self.length), "dim": str(self.dim),
-             "tasks": json.dumps(self.tasks)}
-        if self.rank is not None:
-            d["rank"] = str(self.rank)
-        return d
-
-    @classmethod
-    def from_strings(cls, md: dict[str, str], path: Path) -> "PromptMeta":
-        def need(k: str) -> str:
-            if k not in md:
-                raise PromptFileError(f"{path}: metadata key {k!r} missing (not an mptune prompt file?)")
-            return md[k]
-
-        if need("format") != FORMAT:
-            raise PromptFileError(f"{path}: metadata format is {md['format']!r}, expected {FORMAT!r}")
-        try:
-            version = int(need("format_version"))
-            meta = cls(kind=need("kind"), backbone=need("backbone"), length=int(need("length")),
-                       dim=int(need("dim")), tasks=json.loads(need("tasks")),
-                       rank=int(md["rank"]) if "rank" in md else None, format_version=version)
-        except (ValueError, json.JSONDecodeError) as e:
-            raise PromptFileError(f"{path}: malformed metadata: {e}") from None
-        if version > FORMAT_VERSION:
-            raise PromptFileError(f"{path}: format_version {version} is newer than this mptune ({FORMAT_VERSION})")
-        if meta.kind not in KIND_TENSORS:
-            raise PromptFileError(f"{path}: unknown prompt kind {meta.kind!r}; valid: {sorted(KIND_TENSORS)}")
-        if not isinstance(meta.tasks, list) or not all(isinstance(t, str) for t in meta.tasks):
-            raise PromptFileError(f"{path}: metadata 'tasks' must be a JSON list of names")
-        return meta
+__all__ = ["FORMAT", "FORMAT_VERSION", "PICKLE_SUFFIXES", "PromptFileError", "PromptMeta", "load_module",
+           "load_prompt", "save_module", "save_prompt"]
 
 
 def save_prompt(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: PromptMeta) -> Path:
@@ -145,22 +97,15 @@ def _load_pickle(path: Path, backbone: Optional[str]) -> tuple[dict[str, torch.T
     if set(tensors) == {"prompt_embeddings"}:  # PEFT prompt-tuning adapter_model.bin
         tensors = {"prompt": tensors["prompt_embeddings"]}
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    who = backbone if backbone is not None else "unknown (pickle)"
-    if set(tensors) == set(KIND_TENSORS["soft"]) and tensors["prompt"].ndim == 2:
-        l, d = tensors["prompt"].shape
-        return tensors, PromptMeta(kind="soft", backbone=who, length=l, dim=d)
-    if set(tensors) == set(KIND_TENSORS["decomposed"]) and tensors["task_u"].ndim == 3 and tensors["shared"].ndim == 2:
-        (l, d), (K, _, r) = tensors["shared"].shape, tensors["task_u"].shape
-        return tensors, PromptMeta(kind="decomposed", backbone=who, length=l, dim=d,
-                                   tasks=[f"task{k}" for k in range(K)], rank=r)
-    raise PromptFileError(f"{path}: tensors {sorted(tensors)} are neither a soft prompt ['prompt'] nor a "
-                          f"decomposed one {sorted(KIND_TENSORS['decomposed'])}")
+    for cls in PROMPT_KINDS.values():
+        if set(tensors) == set(cls.tensor_ranks) and all(tensors[k].ndim == n for k, n in cls.tensor_ranks.items()):
+            return tensors, cls.meta_from_tensors(tensors, backbone if backbone is not None else "unknown (pickle)")
+    kinds = ", ".join(f"{k} {sorted(c.tensor_ranks)}" for k, c in PROMPT_KINDS.items())
+    raise PromptFileError(f"{path}: tensors {sorted(tensors)} fit no prompt kind ({kinds})")
 
 
 def _validate(tensors: dict[str, torch.Tensor], meta: PromptMeta, path: Path) -> None:
-    want = KIND_TENSORS.get(meta.kind)
-    if want is None:
-        raise PromptFileError(f"{path}: unknown prompt kind {meta.kind!r}")
+    want = prompt_kind(meta.kind, path).tensor_ranks
     if set(tensors) != set(want):
         raise PromptFileError(f"{path}: tensors {sorted(tensors)} do not match kind {meta.kind!r} {sorted(want)}")
     for name, ndim in want.items():
@@ -169,14 +114,22 @@ def _validate(tensors: dict[str, torch.Tensor], meta: PromptMeta, path: Path) ->
             raise PromptFileError(f"{path}: tensor {name!r} must be a {ndim}-d float tensor, got {tuple(t.shape)} {t.dtype}")
         if not torch.isfinite(t).all():
             raise PromptFileError(f"{path}: tensor {name!r} holds NaN/inf")
-    l, d = meta.length, meta.dim
-    if meta.kind == "soft":
-        shape_ok = tuple(tensors["prompt"].shape) == (l, d)
-    else:
-        K, r = len(meta.tasks), meta.rank
-        shape_ok = (r is not None and tuple(tensors["shared"].shape) == (l, d)
-                    and tuple(tensors["task_u"].shape) == (K, l, r) and tuple(tensors["task_v"].shape) == (K, r, d))
-    if not shape_ok:
-        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-        raise PromptFileError(f"{path}: tensor shapes {shapes} disagree with metadata (l={l}, d={d}, "
+    shapes = PROMPT_KINDS[meta.kind].shapes(meta)
+    if shapes is None or any(tuple(tensors[k].shape) != s for k, s in shapes.items()):
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        raise PromptFileError(f"{path}: tensor shapes {found} disagree with metadata (l={meta.length}, d={meta.dim}, "
                               f"tasks={len(meta.tasks)}, rank={meta.rank})")
+
+
+def load_module(path: str | os.PathLike, **kw) -> tuple[PromptModule, PromptMeta]:
+    """load_prompt (same checks and arguments), rebuilt as its kind's PromptModule."""
+    tensors, meta = load_prompt(path, **kw)
+    try:
+        return PROMPT_KINDS[meta.kind].from_tensors(tensors, meta), meta
+    except ValueError as e:  # e.g. duplicate task names, a rank the shapes cannot hold
+        raise PromptFileError(f"{path}: {e}") from None
+
+
+def save_module(path: str | os.PathLike, module: PromptModule, backbone: str) -> Path:
+    """Write `module` as a prompt file for backbone id `backbone`."""
+    return save_prompt(path, module.state_tensors(), module.meta(backbone))

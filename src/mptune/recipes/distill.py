@@ -29,7 +29,7 @@ import torch
 from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, TrainConfig, _check
 from ..data import collate
 from ..engine import Trainer
-from ..losses import HiddenMSE, LogitKL, TokenNLL
+from ..losses import DistillLoss
 from ..prompts.decomposed import DecomposedPrompt
 from ..prompts.soft import init_prompt_vectors
 from ..utils import seed_everything
@@ -133,45 +133,37 @@ def run(cfg: DistillConfig) -> dict:
         prompt.task_v.requires_grad_(False)
         groups = [g for g in groups if g["params"][0] is prompt.shared]
 
-    nll, kl, mse = TokenNLL(), LogitKL(cfg.distill.temperature), HiddenMSE()
-    lam, use_logits, use_hidden = cfg.distill.weight, cfg.distill.logits, cfg.distill.hidden
-    distilling = teachers is not None and lam > 0 and (use_logits or use_hidden)
+    dc = cfg.distill
+    distilling = teachers is not None and dc.weight > 0 and (dc.logits or dc.hidden)
+    at_source = dc.hidden and dc.hidden_at == "source"
+    loss = DistillLoss(dc.weight, dc.temperature, dc.logits, dc.hidden)
 
     tcache = None
-    if distilling and cfg.distill.teacher_cache and not (use_hidden and cfg.distill.hidden_at == "source"):
+    if distilling and dc.teacher_cache and not at_source:
         from ..teacher_cache import open_for_distillation
 
         tcache = open_for_distillation(out / "teacher_cache", list(data.features), teachers, backbone,
-                                       topk=cfg.distill.teacher_topk, temperature=cfg.distill.temperature,
-                                       logits=use_logits, hidden=use_hidden, accelerator=acc)
+                                       topk=dc.teacher_topk, temperature=dc.temperature, logits=dc.logits,
+                                       hidden=dc.hidden, accelerator=acc)
 
     def make_batch(idx: list[int]) -> dict:
         b = collate([data.features[i] for i in idx], backbone.kind, backbone.pad_id)
         return {**{k: v.to(acc.device) for k, v in b.items()}, "example_index": idx}
 
+    def run_teacher(batch: dict):
+        return backbone(teachers, batch, hidden=dc.hidden)
+
+    def teacher(batch: dict):
+        with torch.no_grad():  # cached: computed once per example, then read from disk
+            if tcache is None:
+                return run_teacher(batch)
+            return tcache.lookup(batch["example_index"], batch, run_teacher)
+
     def loss_fn(batch: dict):
-        s = backbone(trainer.module(), batch, hidden=distilling and use_hidden)
-        plm = nll(s)
-        if not distilling:
-            return plm, {"plm": plm.mean().item()}
-        with torch.no_grad():
-            if tcache is not None:  # computed once per example, then read from disk
-                t = tcache.lookup(batch["example_index"], batch, lambda b: backbone(teachers, b, hidden=use_hidden))
-            else:
-                t = backbone(teachers, batch, hidden=use_hidden)
-        extra = torch.zeros_like(plm)
-        logs = {"plm": plm.mean().item()}
-        if use_logits:
-            lk = tcache.kl(s.logits, t, s.labels) if tcache is not None else kl(s.logits, t.logits, s.labels)
-            extra, logs["kl"] = extra + lk, lk.mean().item()
-        if use_hidden:
-            if cfg.distill.hidden_at == "target":
-                lh = mse(s.hidden, t.hidden, s.labels)
-            else:  # input text positions; pads excluded through the mask
-                m = batch["attention_mask"].masked_fill(batch["attention_mask"] == 0, -100)
-                lh = mse(s.source_hidden, t.source_hidden, m)
-            extra, logs["hidden"] = extra + lh, lh.mean().item()
-        return plm + lam * extra, logs
+        s = backbone(trainer.module(), batch, hidden=distilling and dc.hidden)
+        total, terms = loss(s, teacher(batch) if distilling else None,
+                            batch["attention_mask"] if at_source else None)
+        return total, {k: v.mean().item() for k, v in terms.items()}
 
     def dev_score():
         return dev_average(backbone, trainer.module, data, encoder, cfg.train.eval_batch_size, acc,

@@ -87,10 +87,11 @@ def _setup(prompt: str, model: Optional[ModelConfig], task_name: Optional[str], 
     name = task_name or (meta.tasks[0] if len(meta.tasks) == 1 else None)
     if name is None:
         raise ConfigError(f"task: the prompt holds tasks {meta.tasks}; choose one with task=...")
-    if name not in meta.tasks and meta.kind == "decomposed":
-        raise ConfigError(f"task: {name!r} is not among the prompt's tasks {meta.tasks}")
+    try:
+        task_index = module.task_index(name)
+    except KeyError:
+        raise ConfigError(f"task: {name!r} is not among the prompt's tasks {meta.tasks}") from None
     task = get_task(name)
-    task_index = meta.tasks.index(name) if name in meta.tasks else 0
     return acc, backbone, module.to(acc.device), task, task_index, common.encoder_for(backbone, data)
 
 

@@ -17,7 +17,7 @@ from ..data import ShuffledBatches, collate
 from ..engine import Trainer
 from ..evaluation import evaluate
 from ..losses import TokenNLL
-from ..prompts.io import PromptMeta, save_prompt
+from ..prompts.io import save_module
 from ..prompts.soft import SoftPrompt, init_prompt_vectors
 from ..tasks import get_task
 from ..utils import atomic_write_json, atomic_write_jsonl, seed_everything
@@ -83,7 +83,8 @@ def run(cfg: PromptTuneConfig) -> dict:
     result = trainer.fit()
 
     # -- save --------------------------------------------------------------
-    best = SoftPrompt(cfg.prompt.length, backbone.hidden_size, result.best_tensors["weight"]).to(acc.device)
+    best = SoftPrompt(cfg.prompt.length, backbone.hidden_size, result.best_tensors["weight"],
+                      [task.name]).to(acc.device)
     metrics = {"task": task.name, "best_step": result.best_step, "dev_history": result.history,
                "trainable_params": best.weight.numel(), "backbone_params": common.backbone_params(backbone),
                "train_examples": len(train)}
@@ -93,8 +94,7 @@ def run(cfg: PromptTuneConfig) -> dict:
         if acc.is_main_process:
             atomic_write_jsonl(out / f"predictions_{split}.jsonl", r.rows)
     if acc.is_main_process:
-        meta = PromptMeta(kind="soft", backbone=backbone.name, length=best.length, dim=best.dim, tasks=[task.name])
-        save_prompt(out / "prompt.safetensors", best.state_tensors(), meta)
+        save_module(out / "prompt.safetensors", best, backbone.name)
         atomic_write_json(out / "metrics.json", metrics)
         common.write_stage(out, "prompt-tune", cfg)
     acc.wait_for_everyone()
