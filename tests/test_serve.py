@@ -29,7 +29,7 @@ pytest.importorskip("uvicorn")
 from mptune.cli import main  # noqa: E402
 from mptune.prompts import PromptMeta, save_prompt  # noqa: E402
 from mptune.prompts.decomposed import DecomposedPrompt  # noqa: E402
-from mptune.prompts.peft_format import export_peft  # noqa: E402
+from mptune.prompts.peft_format import export_multitask, export_prompt_tuning  # noqa: E402
 
 D, L = 32, 4  # tiny models' width; prompt length
 LIMITS = ["data.max_source_length=48", "data.max_target_length=6"]
@@ -55,8 +55,9 @@ def _stage(folder: Path, model_dir: Path, tensors: dict, meta: PromptMeta) -> Pa
 
 
 def make_folders(root: Path, model_dir: Path) -> dict[str, Path]:
-    """sst2 (soft), multi (decomposed: rte + squad), stsb (soft, another length), peft (multi exported),
-    run (a pipeline-run-like tree holding copies of sst2 and multi)."""
+    """sst2 (soft), multi (decomposed: rte + squad), stsb (soft, another length), peft (multi exported as
+    MULTITASK_PROMPT_TUNING), peft_rte (its rte row as PROMPT_TUNING), run (a pipeline-run-like tree holding
+    copies of sst2 and multi)."""
     g = torch.Generator().manual_seed(0)
     m = str(model_dir)
     sst2 = {"prompt": torch.randn(L, D, generator=g)}
@@ -67,7 +68,8 @@ def make_folders(root: Path, model_dir: Path) -> dict[str, Path]:
          "stsb": _stage(root / "stsb", model_dir, {"prompt": torch.randn(L + 2, D, generator=g)},
                         PromptMeta("soft", m, L + 2, D, ["stsb"]))}
     kind = "seq2seq" if json.loads((model_dir / "config.json").read_text()).get("is_encoder_decoder") else "causal"
-    f["peft"] = export_peft(multi, root / "peft", kind, base_model=m)
+    f["peft"] = export_multitask(multi, root / "peft", kind, base_model=m)
+    f["peft_rte"] = export_prompt_tuning(multi()[0].detach(), root / "peft_rte", kind, base_model=m, task="rte")
     _stage(root / "run" / "targets" / "full" / "pt" / "seed-42" / "sst2", model_dir, sst2,
            PromptMeta("soft", m, L, D, ["sst2"]))
     _stage(root / "run" / "source" / "mpt", model_dir, multi.state_tensors(), multi.meta(m))
@@ -291,8 +293,10 @@ def test_hot_add_and_remove(llama):
     assert isinstance(out[0]["text"], str)
     # a PEFT adapter folder and a run folder, named so their tasks do not collide
     assert s.post("/tasks", {"path": str(folders["peft"]), "name": "peft"}).status_code == 201
-    for g, w in zip(s.predict("peft/rte", INPUTS["rte"]), want["rte"]):
-        same_output(g, w)
+    assert s.post("/tasks", {"path": str(folders["peft_rte"]), "name": "rte2"}).status_code == 201
+    for name in ("peft/rte", "rte2"):
+        for g, w in zip(s.predict(name, INPUTS["rte"]), want["rte"]):
+            same_output(g, w)
     r = s.post("/tasks", {"path": str(folders["run"]), "name": "run"})
     assert r.status_code == 201, r.text
     names = {t["name"] for t in r.json()["tasks"]}
@@ -315,7 +319,7 @@ def test_hot_add_and_remove(llama):
     r = s.delete("/tasks/rte")
     assert r.status_code == 409 and "multi" in r.json()["error"]["message"]
     # remove
-    for name in ("similarity", "peft", "run", "other", "stsb"):
+    for name in ("similarity", "peft", "rte2", "run", "other", "stsb"):
         r = s.delete(f"/tasks/{name}")
         assert r.status_code == 200, r.text
     assert not (root / "served" / "similarity.json").exists()

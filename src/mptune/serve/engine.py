@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 
 from ..data import Feature, TextEncoder, collate_choices, collate_source
-from .prefix import PrefixAdapter, PromptKV
+from .prefix import PrefixAdapter, PrefixKV
 from .store import ServedTask
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,12 @@ class KVCache:
 
     def __init__(self, adapter: PrefixAdapter, budget_bytes: int):
         self.adapter, self.budget = adapter, budget_bytes
-        self._lru: OrderedDict[int, PromptKV] = OrderedDict()
+        self._lru: OrderedDict[int, PrefixKV] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
         self._lock = threading.Lock()  # forget() comes from request threads
 
-    def get(self, tasks: list[ServedTask]) -> list[PromptKV]:
+    def get(self, tasks: list[ServedTask]) -> list[PrefixKV]:
         """Keys/values of `tasks` (computed where not resident), then the budget enforced."""
         with self._lock:
             have = {t.uid: self._lru[t.uid] for t in tasks if t.uid in self._lru}
@@ -201,11 +201,7 @@ class Engine:
         batch, row_example = collate_choices(feats, [self._choices(it.task) for it in part], self.backbone.kind,
                                              self.backbone.pad_id)
         batch = {k: v.to(self.backbone.device) for k, v in batch.items()}
-        if self.adapter.usable(batch):
-            scores = self.adapter.score(self.cache.get(tasks), batch)
-        else:
-            scores = self.backbone.score_choices(self._prompts(tasks), batch)
-        scores = scores.float().cpu()
+        scores = self.backbone.score_choices(self._prompts(tasks), batch).float().cpu()
         out = []
         for i, it in enumerate(part):
             s = scores[row_example == i]
@@ -221,14 +217,12 @@ class Engine:
         batch = collate_source([Feature(it.ids, [], k) for it, k in zip(part, index)], self.backbone.kind,
                                self.backbone.pad_id)
         batch = {k: v.to(self.backbone.device) for k, v in batch.items()}
-        texts = None
-        if self.adapter.usable(batch):
-            texts = self.adapter.generate(self.cache.get(tasks), batch, self.limits.max_new_tokens)
-        if texts is None:
-            texts = self.backbone.generate(self._prompts(tasks), batch, self.limits.max_new_tokens)
-        return [{"text": t} for t in texts]
+        return [{"text": t} for t in self.backbone.generate(self._prompts(tasks), batch, self.limits.max_new_tokens)]
 
-    def _prompts(self, tasks: list[ServedTask]) -> torch.Tensor:
+    def _prompts(self, tasks: list[ServedTask]):
+        """The tasks' resident keys/values as one table (decoder-only), else their prompt table [T, l, d]."""
+        if self.prefix_cache:
+            return self.adapter.table(self.cache.get(tasks))
         return torch.stack([t.prompt for t in tasks]).to(self.backbone.device)
 
     def warm(self, tasks: list[ServedTask]) -> int:
