@@ -178,9 +178,13 @@ def test_lists_tasks_and_health(llama):
     assert {"sst2", "rte", "squad"} <= set(tasks)
     assert tasks["sst2"]["labels"] == ["negative", "positive"] and tasks["sst2"]["output"] == "label"
     assert tasks["squad"]["output"] == "text" and tasks["rte"]["source"] == "multi"
-    h = s.get("/health").json()
+    for _ in range(100):  # computed when loaded (on the model thread), not at the first request
+        h = s.get("/health").json()
+        if h["kv_cache"]["resident_tasks"] >= 3:
+            break
+        time.sleep(0.1)
     assert h["status"] == "ok" and h["backbone_kind"] == "causal"
-    assert h["kv_cache"]["resident_tasks"] >= 3  # computed when loaded, not at the first request
+    assert h["kv_cache"]["resident_tasks"] >= 3 and h["kv_cache"]["misses"] == 3 and h["inputs_answered"] == 0
 
 
 def test_answers_equal_mptune_predict(llama):
@@ -329,6 +333,23 @@ def test_hot_add_and_remove(llama):
     assert {t["name"] for t in s.get("/tasks").json()["tasks"]} == {"sst2", "rte", "squad"}
 
 
+def test_example_client(llama):
+    s, _, want, _ = llama
+    client = Path(__file__).resolve().parents[1] / "examples" / "serve" / "client.py"
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(client), *args], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, MPTUNE_URL=s.url))
+
+    r = run("predict", "sst2", INPUTS["sst2"][2]["source"], json.dumps(INPUTS["sst2"][0]))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [want["sst2"][2]["prediction"], want["sst2"][0]["prediction"]]
+    assert "sst2" in run("tasks").stdout
+    r = run("predict", "nope", "x")
+    assert r.returncode == 1 and "error (task)" in r.stderr and "unknown task" in r.stderr
+
+
 # -- several processes on the same folders ------------------------------------------------------
 
 def test_two_workers_and_a_replica_answer_from_the_same_folders(llama, tmp_path):
@@ -373,7 +394,10 @@ def _parallel(fn, n: int) -> list:
 def test_encoder_decoder_plain_path_and_shutdown_drains(tmp_path, tiny_t5_dir):
     folders = make_folders(tmp_path, tiny_t5_dir)
     want = predict_rows(folders["sst2"], "sst2", tmp_path)
-    with serve(tmp_path, f"prompts=[{folders['sst2']}]", "max_wait_ms=8000", "max_batch_size=4") as s:
+    with serve(tmp_path, f"prompts=[{folders['sst2']}]", "max_wait_ms=8000", "max_batch_size=4",
+               "read_only=true") as s:
+        r = s.post("/tasks", {"path": str(folders["stsb"])})
+        assert r.status_code == 403 and "read_only" in r.json()["error"]["message"]
         listing = s.get("/tasks").json()
         assert listing["prefix_cache"] is False and "encoder-decoder" in listing["prompt_path"]
         assert listing["tasks"][0]["prefix_cache"] is False

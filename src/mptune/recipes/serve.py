@@ -54,6 +54,8 @@ class ServeConfig:
     kv_cache_mb: float = 1024.0
     """Memory for resident prompt keys/values (decoder-only backbones); least recently used tasks over it are
     recomputed when next asked for."""
+    read_only: bool = False
+    """Refuse POST/DELETE /tasks (403): the served prompts change only through prompts_dir or a restart."""
     access_log: bool = False
     """Log every request (uvicorn's access log)."""
 

@@ -72,8 +72,10 @@ class Server:
         self.store.sync(force=True)
         self.warm(self.store.list())
 
-    def warm(self, tasks) -> "asyncio.Future | Any":
-        return self.batcher.call(lambda: self.engine.warm(tasks))
+    def warm(self, tasks, chunk: int = 16) -> None:
+        """Compute the tasks' prompt keys/values on the model thread, a chunk at a time between batches."""
+        for i in range(0, len(tasks), chunk):
+            self.batcher.call(lambda part=tasks[i: i + chunk]: self.engine.warm(part))
 
     def close(self) -> None:
         self.batcher.close()
@@ -181,6 +183,8 @@ def create_app(cfg, server: Optional[Server] = None) -> FastAPI:
         return (await synced()).task_list()
 
     def changeable(s: Server) -> None:
+        if s.cfg.read_only:
+            raise StoreError("this server is read_only: adding and removing prompts over HTTP is off", 403)
         if s.cfg.workers > 1 and s.store.dir is None:
             raise StoreError(f"this server runs {s.cfg.workers} worker processes without a prompts_dir, so a change "
                              "would reach one of them only; restart it with prompts_dir=...", 409)
@@ -190,7 +194,7 @@ def create_app(cfg, server: Optional[Server] = None) -> FastAPI:
         s = await synced()
         changeable(s)
         src = await anyio.to_thread.run_sync(s.store.add, req.path, req.name)
-        await asyncio.wrap_future(s.warm(src.tasks))
+        s.warm(src.tasks)  # in the background: requests for them are answered meanwhile (computed on demand)
         return {"source": src.name, "path": str(src.path), "tasks": [t.info() for t in src.tasks]}
 
     @app.delete("/tasks/{name:path}")

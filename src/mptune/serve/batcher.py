@@ -6,8 +6,9 @@ one mixed-task batch. The queue is bounded (`max_queue` inputs; a request that d
 not fit is refused whole, never half queued). A batch that raises is retried input
 by input, so one bad input fails alone and the thread never dies. `close()` stops
 accepting and returns once everything already queued has been answered.
-Jobs (`call`) run on the same thread between batches (e.g. computing a new task's
-prompt keys/values), so the model is only ever used from one thread.
+Jobs (`call`) run on the same thread, taking turns with batches (e.g. computing new tasks'
+prompt keys/values chunk by chunk while requests keep being answered), so the model is only
+ever used from one thread.
 """
 
 from __future__ import annotations
@@ -78,16 +79,16 @@ class Batcher:
 
     # -- the worker thread ------------------------------------------------------
     def _loop(self) -> None:
+        last_was_job = False
         while True:
             with self._cv:
                 while not self._queue and not self._jobs and not self._closing:
                     self._cv.wait()
-                if self._jobs:
-                    job = self._jobs.popleft()
-                    batch = None
+                if self._jobs and (last_was_job is False or not self._queue):  # jobs and batches take turns
+                    job, batch = self._jobs.popleft(), None
                 elif self._queue:
                     deadline = self._queue[0][2] + self.max_wait_s
-                    while len(self._queue) < self.max_batch and not self._closing and not self._jobs:
+                    while len(self._queue) < self.max_batch and not self._closing:
                         left = deadline - time.monotonic()
                         if left <= 0:
                             break
@@ -96,6 +97,7 @@ class Batcher:
                     job = None
                 else:  # closing and nothing left
                     return
+            last_was_job = job is not None
             if job is not None:
                 _settle(job[1], job[0])
             else:

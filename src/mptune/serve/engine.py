@@ -62,6 +62,7 @@ class KVCache:
         self._lru: OrderedDict[int, PrefixKV] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
+        self._largest: Optional[int] = None  # the largest task's bytes seen (warm's estimate)
         self._lock = threading.Lock()  # forget() comes from request threads
 
     def get(self, tasks: list[ServedTask]) -> list[PrefixKV]:
@@ -78,23 +79,25 @@ class KVCache:
             for t in tasks:
                 if t.uid not in self._lru:
                     self.bytes += have[t.uid].nbytes
+                    self._largest = max(self._largest or 0, have[t.uid].nbytes)
                 self._lru[t.uid] = have[t.uid]
                 self._lru.move_to_end(t.uid)
             self._evict()
         return [have[t.uid] for t in tasks]
 
     def warm(self, tasks: list[ServedTask]) -> int:
-        """Compute keys/values of tasks not resident while they fit the budget; returns how many."""
+        """Compute keys/values of tasks not resident, as many as fit the budget; returns how many."""
+        with self._lock:
+            todo = [t for t in dict.fromkeys(tasks) if t.uid not in self._lru]
         n = 0
-        for t in tasks if self.budget > 0 else []:
+        while todo and self.budget > 0:
             with self._lock:
-                if t.uid in self._lru:
-                    continue
-                full = self._lru and self.bytes + next(iter(self._lru.values())).nbytes > self.budget
-            if full:
+                room, per = self.budget - self.bytes, self._largest
+            k = 1 if per is None else min(len(todo), int(room // per))
+            if k <= 0:
                 break
-            self.get([t])
-            n += 1
+            self.get(todo[:k])
+            n, todo = n + k, todo[k:]
         return n
 
     def forget(self, tasks: list[ServedTask]) -> None:
