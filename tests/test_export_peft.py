@@ -239,6 +239,39 @@ def test_export_refuses_what_it_cannot_write(tiny_t5_dir, tmp_path):
                              tasks=["x", "y"]))
 
 
+def _edit_config(d: Path, **kw) -> None:
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    (d / "adapter_config.json").write_text(json.dumps({**cfg, **kw}))
+
+
+def _edit_weights(d: Path, fn) -> None:
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(d / "adapter_model.safetensors")
+    fn(w)
+    save_file(w, d / "adapter_model.safetensors", metadata={"format": "pt"})
+
+
+BAD_PROMPT_TUNING = {
+    "causal decoder rows": (lambda d: _edit_config(d, num_transformer_submodules=2), "num_transformer_submodules=2"),
+    "length": (lambda d: _edit_config(d, num_virtual_tokens=6), r"prompt_embeddings is \(5, 16\).*\(6, 16\)"),
+    "no length": (lambda d: _edit_config(d, num_virtual_tokens=None), "num_virtual_tokens must be a positive"),
+    "extra tensor": (lambda d: _edit_weights(d, lambda w: w.update(x=torch.zeros(1))), "expected"),
+    "nan": (lambda d: _edit_weights(d, lambda w: w["prompt_embeddings"].fill_(float("nan"))), "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PROMPT_TUNING))
+def test_malformed_prompt_tuning_folder_refused(case, tmp_path):
+    from mptune.prompts.peft_format import export_prompt_tuning, import_peft
+
+    export_prompt_tuning(torch.randn(5, 16), tmp_path, "causal", base_model="llama", task="rte")
+    corrupt, message = BAD_PROMPT_TUNING[case]
+    corrupt(tmp_path)
+    with pytest.raises(PromptFileError, match=message):
+        import_peft(tmp_path)
+
+
 def test_cli_export_and_import(tiny_t5_dir, tmp_path, capsys):
     from mptune.cli import main
 
