@@ -87,7 +87,10 @@ def default_model(cfg: ServeConfig) -> ModelConfig:
     if cfg.prompts_dir and Path(cfg.prompts_dir).is_dir():
         for e in sorted(Path(cfg.prompts_dir).iterdir()):
             if e.suffix == ".json":
-                paths.append(Path(json.loads(e.read_text(encoding="utf-8"))["path"]))
+                try:
+                    paths.append(Path(json.loads(e.read_text(encoding="utf-8"))["path"]))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # the server skips it too, saying why (GET /health)
             elif e.is_dir() and not e.name.startswith("."):
                 paths.append(e)
     for p in paths:
