@@ -4,7 +4,8 @@ interleaved timing with medians, resident-set peak memory, result files.
 Timing: every method of a comparison runs once per *round*, rounds repeat, and the
 order rotates each round, so machine load (other jobs on these shared cores) hits
 all methods alike. A ratio is reported as the median over rounds of the per-round
-ratio (both numbers from the same round), next to the median times.
+ratio (both numbers from the same round), next to the median times; `ratio_of_medians`
+(the two medians may come from different rounds) where a script shows both.
 
 CPU time (user + system of the whole process, all threads) is reported next to wall
 time: with OpenMP's passive wait policy it counts the work done and hardly moves when
@@ -35,11 +36,21 @@ from typing import Callable, Optional
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+_LOAD_AT_START: list[float] = []  # set by mark_start(), before any model is built or timed
+
+
+def mark_start() -> None:
+    """Record the load average now as the run's start (setup() does, before any model is built)."""
+    _LOAD_AT_START[:] = os.getloadavg()
+
+
 def setup(threads: int = 2) -> None:
     """Call before importing torch. OpenMP threads wait passively: on shared, oversubscribed cores a
-    spinning thread that lost its core stalls the other one and inflates both wall and CPU time."""
+    spinning thread that lost its core stalls the other one and inflates both wall and CPU time.
+    Records the load average (mark_start), so `environment()` reports the start's wherever it is called."""
     if "torch" in sys.modules:
         raise RuntimeError("benchmarks: call common.setup() before importing torch")
+    mark_start()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -189,10 +200,24 @@ class Runs:
                 "peak_rss_mib": mib(med(self.mem[name])), "wall_s": self.wall[name], "cpu_s": self.cpu[name],
                 "peak_rss_bytes": self.mem[name]}
 
+    @classmethod
+    def from_summaries(cls, methods: dict[str, dict]) -> "Runs":
+        """The runs back from a results JSON's {name: summary(name)} (it keeps every round)."""
+        return cls(*({n: m[k] for n, m in methods.items()} for k in ("wall_s", "cpu_s", "peak_rss_bytes")))
+
+    def per_round(self, num: str, den: str, cpu: bool = False) -> list[float]:
+        """num/den in each round (wall time, or CPU time)."""
+        t = self.cpu if cpu else self.wall
+        return [a / b for a, b in zip(t[num], t[den])]
+
     def ratio(self, num: str, den: str, cpu: bool = False) -> float:
         """Median over rounds of num/den (wall time, or CPU time)."""
+        return med(self.per_round(num, den, cpu))
+
+    def ratio_of_medians(self, num: str, den: str, cpu: bool = False) -> float:
+        """median(num) / median(den): the two medians may come from different rounds."""
         t = self.cpu if cpu else self.wall
-        return med([a / b for a, b in zip(t[num], t[den])])
+        return med(t[num]) / med(t[den])
 
 
 def med(xs) -> float:
@@ -205,6 +230,8 @@ def environment(threads: int) -> dict:
     import torch
     import transformers
 
+    if not _LOAD_AT_START:
+        raise RuntimeError("benchmarks: call common.setup() first (it records the load average at the start)")
     try:
         import peft
 
@@ -221,13 +248,15 @@ def environment(threads: int) -> dict:
         pass
     return {"cpu": cpu, "cores_visible": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft_v, "python": platform.python_version(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_at_start": list(os.getloadavg()),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_at_start": list(_LOAD_AT_START),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def write_results(name: str, data: dict, markdown: str) -> None:
+    """results/<name>.json and .md; the load average now is added as the end one unless `data` (read
+    back from an earlier run's JSON to summarise it again) has its own."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data = dict(data, load_average_at_end=list(os.getloadavg()))
+    data = {**data, "load_average_at_end": data.get("load_average_at_end", list(os.getloadavg()))}
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
     print(f"wrote {RESULTS / name}.json and .md")
@@ -271,14 +300,17 @@ class Plot:
         self.plt.close("all")
 
 
-def standard_args(doc: str, repeats: int = 3):
-    """Parse the --repeats / --quick options of a model benchmark; adds .layers (30, or 2 with
-    --quick) and sets .repeats to 1 with --quick (a smoke run)."""
+def standard_args(doc: str, repeats: int = 3, render: bool = False):
+    """Parse the --repeats / --quick (and, if `render`, --render) options of a model benchmark; adds
+    .layers (30, or 2 with --quick) and sets .repeats to 1 with --quick (a smoke run)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--quick", action="store_true")
+    if render:
+        ap.add_argument("--render", action="store_true",
+                        help="no timing: summarise the rounds kept in the committed results JSON again")
     a = ap.parse_args()
     a.layers, a.repeats = (2, 1) if a.quick else (30, a.repeats)
     return a

@@ -138,3 +138,10 @@ def test_text_encoder_follows_the_kind_spec(backbones):
         assert enc.target("positive")[:-1] == enc.tok(bb.spec.target_prefix + "positive",
                                                       add_special_tokens=False)["input_ids"]
     assert backbones["t5"].spec.source_tail == 1 and backbones["llama"].spec.target_prefix == " "
+
+
+def test_evaluation_does_not_import_the_training_loop():
+    from test_import_layers import import_graph, reachable
+
+    below = reachable(import_graph(), "mptune.evaluation")
+    assert "mptune.sharding" in below and "mptune.engine" not in below

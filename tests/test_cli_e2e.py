@@ -2,6 +2,7 @@
 on tiny random T5 and Llama models, for a label task, regression and QA."""
 
 import json
+import math
 
 import pytest
 from safetensors.torch import load_file
@@ -58,6 +59,18 @@ def test_prompt_tune_evaluate_predict(tmp_path, tiny_model_dir, data_dir, task, 
     assert len(rows) == 2 and all("prediction" in r for r in rows)
     if task == "rte":
         assert rows[0]["prediction"] in {"entailment", "not_entailment"}
+        for r in rows:  # every label's score: summed log-prob and its softmax over the labels
+            s = r["scores"]
+            assert list(s) == ["entailment", "not_entailment"]
+            probs = [v["prob"] for v in s.values()]
+            assert sum(probs) == pytest.approx(1.0, abs=1e-12) and all(0 < p < 1 for p in probs)
+            assert all(v["logprob"] < 0 for v in s.values())
+            assert max(s, key=lambda k: s[k]["prob"]) == max(s, key=lambda k: s[k]["logprob"]) == r["prediction"]
+            assert list(s)[r["prediction_index"]] == r["prediction"]
+            z = sum(math.exp(v["logprob"]) for v in s.values())
+            assert all(v["prob"] == pytest.approx(math.exp(v["logprob"]) / z) for v in s.values())
+    else:  # generation and regression: the text only
+        assert all("scores" not in r for r in rows)
 
 
 def test_training_learns_a_separable_task(tmp_path, tiny_llama_dir, data_dir):
@@ -85,3 +98,51 @@ def test_help_documents_options(capsys):
     assert main(["prompt-tune", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--train.lr" in text and "Peak learning rate" in text and "--prompt.length" in text
+    assert main(["predict", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert '"scores": {label: {"logprob":' in text and "softmax of those over the labels" in text
+
+
+def test_user_errors_print_one_line_without_traceback(tmp_path, capsys, monkeypatch, tiny_llama_dir):
+    """Every MptuneError (here: unknown task, missing model folder, bad value) -> message, exit 2;
+    any other exception is a bug and keeps its traceback."""
+    cases = [(["task=nope"], "unknown task 'nope'"),
+             ([f"model.name={tmp_path / 'no-model'}"], "model.name: local model folder not found"),
+             (["train.max_steps=abc"], "train.max_steps")]
+    for extra, msg in cases:
+        argv = ["prompt-tune", f"model.name={tiny_llama_dir}", "task=rte", f"output_dir={tmp_path}", *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mptune prompt-tune: error: ") and msg in err and "Traceback" not in err
+        assert err.count("\n") <= 2, err
+
+    from mptune.recipes import tasks as tasks_recipe
+
+    def boom(cfg):
+        raise KeyError("a bug, not a message for the user")
+
+    monkeypatch.setattr(tasks_recipe, "list_tasks_cmd", boom)
+    with pytest.raises(KeyError, match="a bug"):  # no longer swallowed because its message has a space
+        main(["tasks"])
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`mptune tasks | head`: the reader goes away before mptune writes; no traceback, exit 141 (SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "mptune.cli", "tasks"]
+    r, w = os.pipe()
+    os.close(r)  # a reader that closed early: every write now fails with EPIPE
+    try:
+        proc = subprocess.run(cmd, stdout=w, stderr=subprocess.PIPE, env=env, timeout=120)
+    finally:
+        os.close(w)
+    assert proc.stderr.decode() == "" and proc.returncode == 141
+    ok = subprocess.run(cmd, capture_output=True, env=env, timeout=120)
+    assert ok.returncode == 0 and b"sst2" in ok.stdout  # the same command, read to the end

@@ -68,3 +68,42 @@ def test_lazy_features_tokenise_on_demand_and_match_the_encoder(tiny_llama_dir):
         assert (f.source, f.target, f.task_index) == (want.source, want.target, want.task_index)
     assert [f.source for f in feats[:3]] == [real(e.source, e.target).source for e in exs[:3]]
     assert len(list(feats)) == 1000 and len(calls) == 1000
+
+
+def test_every_user_error_has_one_base_and_keeps_its_builtin_base():
+    from mptune.assets import AssetError
+    from mptune.checkpoint import CheckpointError
+    from mptune.engine import TrainingError
+    from mptune.errors import MissingFileError, MptuneError, UnknownNameError
+    from mptune.prompts.io import PromptFileError
+    from mptune.tasks.readers import DataError
+
+    builtin = {ConfigError: ValueError, DataError: ValueError, PromptFileError: ValueError, AssetError: RuntimeError,
+               CheckpointError: RuntimeError, TrainingError: RuntimeError, UnknownNameError: KeyError,
+               MissingFileError: FileNotFoundError}
+    for cls, base in builtin.items():
+        assert issubclass(cls, MptuneError) and issubclass(cls, base), cls
+    e = UnknownNameError("unknown task 'x'. Valid tasks: a, b")
+    assert str(e) == "unknown task 'x'. Valid tasks: a, b"  # the message, not KeyError's quoted repr
+
+
+def test_user_facing_lookups_raise_the_base_class():
+    from mptune.errors import UnknownNameError
+    from mptune.prompts.decomposed import DecomposedPrompt
+    from mptune.tasks import get_task
+
+    with pytest.raises(UnknownNameError, match="unknown task 'nope'"):
+        get_task("nope")
+    import torch
+
+    with pytest.raises(UnknownNameError, match=r"task 'rte' is not in this prompt; it holds \['sst2'\]"):
+        DecomposedPrompt(torch.zeros(2, 4), ["sst2"], 1).task_index("rte")
+
+
+def test_config_parser_lives_in_config():
+    from mptune.config import parser_for, to_cli_args
+
+    assert to_cli_args(["c.yaml", "train.lr=0.1", "--x", "y.yaml"]) == ["--config", "c.yaml", "--train.lr=0.1", "--x",
+                                                                        "y.yaml"]
+    ns = parser_for(TrainConfig).parse_args(["--lr=0.5"])
+    assert ns.lr == 0.5 and "Peak learning rate" in parser_for(TrainConfig).format_help()

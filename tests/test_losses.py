@@ -204,3 +204,102 @@ def test_distill_loss_without_teacher_is_the_task_loss(step_outputs):
     s, _, _ = step_outputs
     loss, terms = DistillLoss(1.0)(s, None)
     assert torch.equal(loss, TokenNLL()(s)) and list(terms) == ["plm"]
+
+
+# -- reductions: sums over tokens and over d (train.token_reduction, distill.hidden_reduction) ---------------
+
+
+def _n_tokens(labels):
+    return (labels != IGNORE).sum(1).float()
+
+
+def test_token_sums_are_plain_sums_and_mean_times_the_token_count():
+    s, labels = _data()
+    t, _ = _data(1)
+    g = torch.Generator().manual_seed(3)
+    hs, ht = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
+    T = 2.0
+    nll_sum = TokenNLL("sum")(TargetOutput(s, labels))
+    kl_sum = LogitKL(T, "sum")(s, t, labels)
+    mse_sum = HiddenMSE("sum")(hs, ht, labels)
+    for b in range(3):  # plain references, one example at a time
+        keep = labels[b] != IGNORE
+        torch.testing.assert_close(nll_sum[b], F.cross_entropy(s[b][keep], labels[b][keep], reduction="sum"))
+        ref_kl = F.kl_div(F.log_softmax(s[b][keep] / T, -1), F.log_softmax(t[b][keep] / T, -1), log_target=True,
+                          reduction="sum") * T * T
+        torch.testing.assert_close(kl_sum[b], ref_kl)
+        torch.testing.assert_close(mse_sum[b], ((hs[b][keep] - ht[b][keep]) ** 2).mean(-1).sum())
+    n = _n_tokens(labels)
+    assert n.tolist() == [3.0, 4.0, 2.0]  # the rows differ, so sum and mean are not proportional by chance
+    torch.testing.assert_close(nll_sum, TokenNLL()(TargetOutput(s, labels)) * n)
+    torch.testing.assert_close(kl_sum, LogitKL(T)(s, t, labels) * n)
+    torch.testing.assert_close(mse_sum, HiddenMSE()(hs, ht, labels) * n)
+
+
+def test_hidden_sum_over_d_is_the_sum_of_squares_and_d_times_the_mean():
+    _, labels = _data()
+    g = torch.Generator().manual_seed(4)
+    d = 5
+    hs, ht = torch.randn(3, 4, d, generator=g), torch.randn(3, 4, d, generator=g)
+    both = HiddenMSE("sum", "sum")(hs, ht, labels)
+    for b in range(3):  # Σ over the example's target tokens and d of (H_s − H_t)²
+        keep = labels[b] != IGNORE
+        torch.testing.assert_close(both[b], ((hs[b][keep] - ht[b][keep]) ** 2).sum())
+    torch.testing.assert_close(HiddenMSE("mean", "sum")(hs, ht, labels), HiddenMSE()(hs, ht, labels) * d)
+    torch.testing.assert_close(both, HiddenMSE()(hs, ht, labels) * d * _n_tokens(labels))
+
+
+@pytest.mark.parametrize("k", [3, 7])  # V = 7: k = V stores every token
+def test_stored_teacher_kl_reduces_tokens_as_the_live_one(k):
+    s, labels = _data()
+    t, _ = _data(1)
+    T = 1.5
+    vals, idx, rest = _stored(t, k, T)
+    got = TopKLogitKL(T, "sum")(s, vals, labels, idx, rest)
+    torch.testing.assert_close(got, TopKLogitKL(T)(s, vals, labels, idx, rest) * _n_tokens(labels))
+    full = LogitKL(T, "sum")(s, t, labels)
+    bucket = _bucket_kl_reference(t, s, labels, k, T) if k < s.shape[-1] else LogitKL(T)(s, t, labels)
+    torch.testing.assert_close(got, bucket * _n_tokens(labels), atol=1e-5, rtol=1e-4)
+    assert torch.equal(TopKLogitKL(T, "sum")(s, F.log_softmax(t / T, -1), labels), full)  # full storage: exact
+    gap = full - got  # what distill logs as kl_topk_gap (its batch mean)
+    assert (gap >= -1e-5).all()
+    if k == s.shape[-1]:
+        torch.testing.assert_close(gap, torch.zeros(3), atol=1e-5, rtol=0)
+    else:
+        assert (gap > 1e-4).all()
+
+
+def test_distill_loss_with_sums_composes_the_summed_terms(step_outputs):
+    s, t, _ = step_outputs
+    loss, terms = DistillLoss(0.5, 2.0, token_reduction="sum", hidden_reduction="sum")(s, t)
+    n, d = _n_tokens(s.labels), s.hidden.shape[-1]
+    torch.testing.assert_close(terms["plm"], TokenNLL()(s) * n)
+    torch.testing.assert_close(terms["kl"], LogitKL(2.0)(s.logits, t.logits, s.labels) * n)
+    torch.testing.assert_close(terms["hidden"], HiddenMSE()(s.hidden, t.hidden, s.labels) * n * d)
+    torch.testing.assert_close(loss, terms["plm"] + 0.5 * (terms["kl"] + terms["hidden"]))
+
+
+def test_unknown_reduction_is_refused():
+    with pytest.raises(ValueError, match="'median' is not a valid Reduction"):
+        TokenNLL("median")
+
+
+@pytest.mark.parametrize("stage", ["prompt-tune", "adapt"])
+def test_recipes_reduce_the_task_loss_by_train_token_reduction(stage, tmp_path, tiny_t5_dir):
+    """Same seed, batch and start: the first step's loss under sums is >= 2 × the one under means, since
+    every T5 target has >= 2 tokens (label + </s>) and each example's sum is its mean × its token count."""
+    import json
+
+    from mptune.cli import main
+    from synthetic import write_glue_rte
+
+    write_glue_rte(tmp_path / "data")
+    common = [f"model.name={tiny_t5_dir}", f"data.data_dir={tmp_path / 'data'}", "data.eval_limit=2",
+              "prompt.length=4", "train.max_steps=1", "train.batch_size=4", "train.log_every=1"]
+    task = ["task=rte"] if stage == "prompt-tune" else ["tasks=[rte]"]
+    first = {}
+    for how in ("mean", "sum"):
+        out = tmp_path / how
+        assert main([stage, *task, *common, f"output_dir={out}", f"train.token_reduction={how}"]) == 0
+        first[how] = next(json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"loss"' in x)
+    assert first["sum"]["loss"] >= 2 * first["mean"]["loss"] - 1e-5

@@ -1,5 +1,6 @@
 """MPT pieces: decomposition, task sampling, distillation and adaptation stages."""
 
+import dataclasses
 import json
 
 import pytest
@@ -36,7 +37,7 @@ def test_parameter_count_formula():
     l, d, K, r = 100, 768, 6, 1
     p = DecomposedPrompt(torch.zeros(l, d), [f"t{i}" for i in range(K)], r)
     assert sum(x.numel() for x in p.parameters()) == l * d + K * r * (l + d)
-    # the paper's T5-base figure: 77,668 per task, ~0.035% of 220M
+    # T5-base, l = 100, r = 1: 77,668 per task, ~0.035% of 220M (the abstract states 0.035%, not the count)
     assert p.trainable_per_task() == 77_668
     assert abs(p.trainable_per_task() / 220e6 * 100 - 0.035) < 0.001
 
@@ -101,3 +102,72 @@ def test_gradients_reach_only_shared_u_v(tiny_llama_dir):
     assert p.shared.grad.abs().sum() > 0 and p.task_u.grad[1].abs().sum() > 0
     assert p.task_u.grad[0].abs().sum() == 0  # task a was not in the batch
     assert teacher.grad is None and all(x.grad is None for x in bb.model.parameters())
+
+
+# -- the student's start: distill.shared_init and distill.task_init -------------------------------
+
+
+def test_task_init_ones_starts_at_shared_and_normal_is_peft_like():
+    shared = torch.randn(500, 400)  # u: 2 × 500 draws, v: 2 × 400
+    ones = DecomposedPrompt(shared, ["a", "b"], 1, task_init="ones")
+    assert torch.equal(ones()[1], shared)
+    p = DecomposedPrompt(shared, ["a", "b"], 1, task_init="normal", generator=torch.Generator().manual_seed(0))
+    for x in (p.task_u, p.task_v):  # PEFT: torch.normal(mean=0, std=0.02)
+        assert abs(x.mean().item()) < 0.003 and 0.018 < x.std().item() < 0.022
+    assert p().abs().max() < 0.01 * shared.abs().max()  # P_k = P* ∘ (u v) starts near 0, not at P*
+    again = DecomposedPrompt(shared, ["a", "b"], 1, task_init="normal", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(p.task_u, again.task_u) and torch.equal(p.task_v, again.task_v)
+
+
+def _distill_cfg(tmp_path, model_dir, teachers_dir=None, seed=0, **distill_kw):
+    from mptune.config import PromptConfig, TrainConfig
+    from mptune.recipes import distill
+
+    return distill.DistillConfig(model=ModelConfig(name=str(model_dir)), tasks=["a", "b"],
+                                 output_dir=str(tmp_path / "out"), teachers_dir=teachers_dir,
+                                 prompt=PromptConfig(length=20), distill=distill.DistillLossConfig(**distill_kw),
+                                 train=TrainConfig(seed=seed))
+
+
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_shared_init_random_is_not_the_teachers_mean_and_has_the_embedding_scale(kind, tiny_t5_dir, tiny_llama_dir,
+                                                                                 tmp_path):
+    from mptune.recipes.distill import initial_prompt
+
+    model_dir = tiny_t5_dir if kind == "t5" else tiny_llama_dir
+    bb = load_backbone(ModelConfig(name=str(model_dir)))
+    teachers = torch.randn(2, 20, bb.hidden_size, generator=torch.Generator().manual_seed(5))
+    emb_std = bb.model.get_input_embeddings().weight.float().std().item()
+
+    def start(seed=0, **kw):
+        return initial_prompt(_distill_cfg(tmp_path, model_dir, str(tmp_path), seed, **kw), bb, teachers, ["a", "b"])
+
+    assert torch.equal(start(shared_init="teachers").shared, teachers.mean(0))  # the default: SPoT's start too
+    p = start(shared_init="random")
+    assert not torch.allclose(p.shared, teachers.mean(0), atol=0.1)
+    assert abs(p.shared.std().item() / emb_std - 1) < 0.1
+    assert torch.equal(p().detach()[0], p.shared.detach())  # task_init ones: P_k = P* at step 0
+    assert torch.equal(start(shared_init="random").shared, p.shared)  # the seed decides it
+    assert not torch.equal(start(seed=1, shared_init="random").shared, p.shared)
+    v = start(shared_init="vocab").shared  # rows of the embedding table (first ids), not the teachers
+    table = bb.model.get_input_embeddings().weight.detach().float()
+    assert (v[:, None] - table[None]).abs().sum(-1).min(-1).values.max() < 1e-6
+    q = start(shared_init="random", task_init="normal")
+    assert torch.equal(q.shared, p.shared) and 0.015 < q.task_u.std().item() < 0.025  # P* unchanged by task_init
+    r = initial_prompt(dataclasses.replace(_distill_cfg(tmp_path, model_dir, None, 0, weight=0.0,
+                                                        shared_init="random", task_init="normal"),
+                                           decompose=False), bb, None, ["a", "b"])
+    assert (r.task_u == 1).all() and (r.task_v == 1).all()  # the no-decomposition ablation keeps u v = 1
+
+
+def test_teachers_are_needed_only_to_distil_or_to_start_from(tmp_path, tiny_llama_dir):
+    from mptune.config import ConfigError
+
+    for init in ("random", "vocab"):  # λ = 0: no teachers needed
+        assert _distill_cfg(tmp_path, tiny_llama_dir, None, weight=0.0, shared_init=init).teachers_dir is None
+    with pytest.raises(ConfigError, match="teachers_dir: is required .*shared_init=teachers"):
+        _distill_cfg(tmp_path, tiny_llama_dir, None, weight=0.0, shared_init="teachers")
+    with pytest.raises(ConfigError, match="teachers_dir"):
+        _distill_cfg(tmp_path, tiny_llama_dir, None, shared_init="random")  # λ = 1 distils from them
+    with pytest.raises(ValueError, match="not a valid SharedInit"):
+        _distill_cfg(tmp_path, tiny_llama_dir, None, weight=0.0, shared_init="zeros")

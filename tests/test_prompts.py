@@ -16,6 +16,31 @@ def test_vocab_init_uses_embeddings_of_the_first_ids():
     assert all(((table - row).abs().sum(-1) < 1e-6).any() for row in v)
 
 
+def _ids_of(rows, table):
+    """The vocabulary id of each row (rows are exact embedding rows)."""
+    return torch.cdist(rows, table).argmin(-1)
+
+
+def test_vocab_init_draws_distinct_ids_among_the_first_ids():
+    emb = nn.Embedding(6000, 16)
+    cfg = PromptConfig(length=100, init_vocab_size=5000)  # ATTEMPT's l = 100 among the first 5,000 ids
+    v = init_prompt_vectors(cfg, emb, generator=torch.Generator().manual_seed(0))
+    ids = _ids_of(v, emb.weight.detach())
+    torch.testing.assert_close(v, emb.weight.detach()[ids])
+    assert len(set(ids.tolist())) == 100 and ids.max() < 5000
+    again = _ids_of(init_prompt_vectors(cfg, emb, generator=torch.Generator().manual_seed(0)), emb.weight.detach())
+    other = _ids_of(init_prompt_vectors(cfg, emb, generator=torch.Generator().manual_seed(1)), emb.weight.detach())
+    assert torch.equal(ids, again) and not torch.equal(ids, other)
+
+
+def test_vocab_init_longer_than_the_id_range_repeats_each_id_evenly():
+    emb = nn.Embedding(50, 8)
+    v = init_prompt_vectors(PromptConfig(length=25, init_vocab_size=10), emb, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(_ids_of(v, emb.weight.detach()), minlength=50)
+    assert counts[10:].sum() == 0
+    assert set(counts[:10].tolist()) <= {2, 3} and counts.sum() == 25  # 2 whole permutations + 5 of a third
+
+
 def test_text_init_repeats_the_text_tokens():
     class Tok:
         def __call__(self, text, add_special_tokens=False):

@@ -1,14 +1,20 @@
-"""Every YAML shipped in configs/ parses with its stage's config class (no drift)."""
+"""Every YAML shipped in configs/ parses with its stage's config class (no drift), and the paper
+presets (configs/pipelines/t5_base_*.yaml) run end to end on a tiny random T5, keeping every value
+they set except the model, the budgets and the task lists."""
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mptune.config import load_yaml, parse
 from mptune.recipes.pipeline import PipelineConfig
 from mptune.recipes.prompt_tune import PromptTuneConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRESETS = sorted((CONFIGS / "pipelines").glob("t5_base_*.yaml"))
+TRAIN_SECTIONS = ("teacher_train", "source_train", "target_train")
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
@@ -20,6 +26,68 @@ def test_pipeline_configs_parse(path):
 
     for t in cfg.sources + cfg.targets:
         get_task(t)
+
+
+def test_paper_presets_set_the_sourced_values():
+    """ATTEMPT's configs and issue #18's choices (docs/fidelity.md), not this package's defaults."""
+    assert [p.name for p in PRESETS] == ["t5_base_glue.yaml", "t5_base_superglue.yaml"]
+    for path in PRESETS:
+        cfg = parse(PipelineConfig, load_yaml(path), source=str(path))
+        assert cfg.model.name == "google-t5/t5-base" and cfg.prompt.init == "vocab"
+        assert cfg.prompt.init_vocab_size == 5000 and cfg.data.max_source_length == 256
+        for section in TRAIN_SECTIONS:
+            t = getattr(cfg, section)
+            assert (t.lr, t.batch_size, t.warmup_steps, t.weight_decay, t.max_grad_norm) == (0.3, 32, 500, 1e-5, 1.0)
+            assert t.token_reduction == "sum"
+        d = cfg.distill
+        assert (d.shared_init, d.hidden_reduction, d.teacher_topk, d.teacher_cache) == ("random", "sum", 0, False)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from synthetic import write_all
+
+    return write_all(tmp_path_factory.mktemp("data"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_paper_preset_runs_end_to_end_on_a_tiny_t5(path, tmp_path, tiny_t5_dir, data_dir):
+    from mptune.cli import main
+
+    run = tmp_path / "run"
+    overrides = {"model.name": str(tiny_t5_dir), "output_dir": str(run), "data.data_dir": str(data_dir),
+                 "data.eval_limit": 4, "sources": "[rte, stsb]", "targets": "[rte, stsb]",
+                 "data.max_target_length": 8}  # the generation budget: a random T5 never stops on its own
+    for section in TRAIN_SECTIONS:  # budgets: 2 steps, no warmup, one dev evaluation
+        overrides |= {f"{section}.max_steps": 2, f"{section}.warmup_steps": 0, f"{section}.eval_every": 2}
+    assert main(["run", str(path), *(f"{k}={v}" for k, v in overrides.items())]) == 0
+
+    preset = _flat(load_yaml(path))
+    resolved = _flat(yaml.safe_load((run / "config.yaml").read_text()))
+    kept = {k: v for k, v in preset.items() if k not in overrides}
+    assert kept and {k: resolved[k] for k in kept} == kept  # every other preset value reached the run
+    # ... and the stages: summed losses everywhere, P* from random, the full-vocabulary KL computed live
+    source = yaml.safe_load((run / "source/mpt/config.yaml").read_text())
+    assert source["distill"] == load_yaml(path)["distill"]
+    assert source["train"]["token_reduction"] == "sum" and not (run / "source/mpt/teacher_cache").exists()
+    log = [json.loads(x) for x in (run / "source/mpt/log.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert log and all("kl" in r and "hidden" in r and "kl_topk_gap" not in r for r in log)
+    for stage in ("teachers/rte", "targets/full/pt/seed-42/stsb", "targets/full/mpt/seed-42/rte"):
+        assert yaml.safe_load((run / stage / "config.yaml").read_text())["train"]["token_reduction"] == "sum"
+    spot = yaml.safe_load((run / "targets/full/spot/seed-42/rte/config.yaml").read_text())
+    assert spot["prompt"]["init"] == "prompts"  # SPoT starts from the teachers; MPT's P* did not (random)
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["settings"]["full"]) == {"pt", "spot", "mpt", "mpt_multi"}
 
 
 def test_prompt_tune_config_parses():

@@ -130,33 +130,54 @@ def test_topk_kl_is_the_bucket_kl_and_close_to_the_full_kl_when_peaked(tmp_path,
         torch.testing.assert_close(got, full, rtol=2e-2, atol=1e-4)
 
 
-def test_distill_stage_same_run_with_and_without_cache(tmp_path, tiny_llama_dir):
+def _distill_run(tmp_path, model_dir, name, steps=6, log_every=1, **distill_kw):
+    """A small distill stage on synthetic rte + stsb with two random teachers; its loss log rows."""
     from mptune.config import DataConfig, PromptConfig, TrainConfig
     from mptune.prompts.io import PromptMeta, save_prompt
     from mptune.recipes import distill
     from synthetic import write_all
 
     data_dir = write_all(tmp_path / "data")
-    bb = load_backbone(ModelConfig(name=str(tiny_llama_dir)))
-    torch.manual_seed(0)
-    for name in ("rte", "stsb"):
-        save_prompt(tmp_path / "teachers" / name / "prompt.safetensors", {"prompt": torch.randn(4, bb.hidden_size)},
-                    PromptMeta(kind="soft", backbone=str(tiny_llama_dir), length=4, dim=bb.hidden_size, tasks=[name]))
+    teachers = tmp_path / "teachers"
+    if not teachers.is_dir():
+        bb = load_backbone(ModelConfig(name=str(model_dir)))
+        torch.manual_seed(0)
+        for task in ("rte", "stsb"):
+            save_prompt(teachers / task / "prompt.safetensors", {"prompt": torch.randn(4, bb.hidden_size)},
+                        PromptMeta(kind="soft", backbone=str(model_dir), length=4, dim=bb.hidden_size, tasks=[task]))
+    out = tmp_path / name
+    cfg = distill.DistillConfig(
+        model=ModelConfig(name=str(model_dir)), tasks=["rte", "stsb"], output_dir=str(out),
+        teachers_dir=str(teachers), prompt=PromptConfig(length=4),
+        distill=distill.DistillLossConfig(temperature=2.0, **distill_kw),
+        data=DataConfig(data_dir=str(data_dir), max_source_length=24, max_target_length=6, train_limit=8),
+        train=TrainConfig(max_steps=steps, batch_size=4, eval_every=0, log_every=log_every, eval_batch_size=16,
+                          lr=0.1))
+    distill.run(cfg)
+    return out, [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def test_distill_stage_same_run_with_and_without_cache(tmp_path, tiny_llama_dir):
     logs = {}
     for on in (True, False):
-        out = tmp_path / f"out-{on}"
-        cfg = distill.DistillConfig(
-            model=ModelConfig(name=str(tiny_llama_dir)), tasks=["rte", "stsb"], output_dir=str(out),
-            teachers_dir=str(tmp_path / "teachers"), prompt=PromptConfig(length=4),
-            distill=distill.DistillLossConfig(teacher_cache=on, teacher_topk=0, temperature=2.0),
-            data=DataConfig(data_dir=str(data_dir), max_source_length=24, max_target_length=6, train_limit=8),
-            train=TrainConfig(max_steps=6, batch_size=4, eval_every=0, log_every=1, eval_batch_size=16, lr=0.1))
-        distill.run(cfg)
-        logs[on] = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+        out, logs[on] = _distill_run(tmp_path, tiny_llama_dir, f"out-{on}", teacher_cache=on, teacher_topk=0)
         assert (out / "teacher_cache" / "meta.json").is_file() == on
     assert len(logs[True]) == 6
     for a, b in zip(logs[True], logs[False]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
         assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-6)
+        assert "kl_topk_gap" not in a  # a full cache: the KL is exact, no gap to measure
     meta = json.loads((tmp_path / "out-True" / "teacher_cache" / "meta.json").read_text())
     assert meta["n"] == 16 and meta["full"]  # 8 + 8 examples, 400-token vocabulary stored whole
+
+
+def test_topk_cache_logs_its_kl_gap_to_the_full_kl(tmp_path, tiny_llama_dir):
+    """With a top-k cache the log carries kl_topk_gap = full KL − bucket KL on the batch (>= 0), at log steps."""
+    _, rows = _distill_run(tmp_path, tiny_llama_dir, "topk", steps=4, log_every=2, teacher_topk=8)
+    assert [r["step"] for r in rows] == [2, 4] and all(r["kl_topk_gap"] > 0 for r in rows)  # k = 8 of V = 400
+    # step 1 sees the same prompt and batch with and without the cache: bucket KL + gap = the live (full) KL
+    _, cached = _distill_run(tmp_path, tiny_llama_dir, "topk1", steps=1, teacher_topk=8)
+    _, live = _distill_run(tmp_path, tiny_llama_dir, "live1", steps=1, teacher_cache=False)
+    assert cached[0]["plm"] == pytest.approx(live[0]["plm"], rel=1e-6)
+    assert cached[0]["kl"] < live[0]["kl"]
+    assert cached[0]["kl"] + cached[0]["kl_topk_gap"] == pytest.approx(live[0]["kl"], rel=1e-5)

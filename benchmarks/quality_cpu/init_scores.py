@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     from mptune.evaluation import evaluate
     from mptune.prompts import load_prompt
     from mptune.prompts.decomposed import DecomposedPrompt
-    from mptune.prompts.soft import init_prompt_vectors
+    from mptune.prompts.init import init_prompt_vectors
     from mptune.recipes import common
     from mptune.recipes.pipeline import PipelineConfig
     from mptune.tasks import get_task

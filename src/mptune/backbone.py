@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from . import fastpath
 from .config import ModelConfig
+from .errors import MissingFileError
 from .fastpath import PrefixKV
 from .kinds import IGNORE, ModelKind, position_ids, sequence_logprob, spec_for  # noqa: F401 (re-exported)
 
@@ -68,13 +69,13 @@ def resolve_model_source(cfg: ModelConfig) -> tuple[str, Optional[str]]:
     p = Path(name)
     if name.endswith(".gguf"):
         if not p.is_file():
-            raise FileNotFoundError(f"model.name: GGUF file not found: {name}")
+            raise MissingFileError(f"model.name: GGUF file not found: {name}")
         return str(p.parent), p.name
     # A Hub id is "name" or "org/name"; anything else that is meant as a path (absolute, ./ ../ ~, or
     # deeper than org/name) must exist here, else transformers reports a confusing "Repo id" error.
     looks_local = p.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
     if looks_local and not p.expanduser().exists():
-        raise FileNotFoundError(f"model.name: local model folder not found: {name} "
+        raise MissingFileError(f"model.name: local model folder not found: {name} "
                                 f"(a Hugging Face Hub id has the form 'org/name')")
     return str(p.expanduser()) if looks_local else name, gguf
 
@@ -204,7 +205,7 @@ class Backbone(nn.Module):
     def _route(self, prompts: Prompts, batch: dict) -> tuple[Prompts, dict]:
         """(PrefixKV, batch indexing it) for the fast path, else (prompt table, batch)."""
         if not self._use_fast(batch["attention_mask"]):
-            return (prompts.prompts if isinstance(prompts, PrefixKV) else prompts), batch
+            return _table(prompts), batch
         if isinstance(prompts, PrefixKV):
             return prompts, batch
         kv, rows = fastpath.prompt_kv_for(self, prompts, batch["task_index"])
@@ -235,12 +236,13 @@ class Backbone(nn.Module):
     def generate(self, prompts: Prompts, batch: dict, max_new_tokens: int) -> list[str]:
         """Greedy decoding; batch holds the sources only (kinds' source layout)."""
         tok = self.tokenizer
-        prompts, batch = self._route(prompts, batch)
-        if isinstance(prompts, PrefixKV) and fastpath.plain_greedy_config(self.model):
+        # the fast loop is plain greedy search: generation configs asking for more keep HF generate()
+        prompts, batch = (self._route(prompts, batch) if fastpath.plain_greedy_config(self.model)
+                          else (_table(prompts), batch))
+        if isinstance(prompts, PrefixKV):
             out = fastpath.generate_ids(self, prompts, batch, max_new_tokens)
         else:
-            table = prompts.prompts if isinstance(prompts, PrefixKV) else prompts
-            emb, mask = self._with_prompt(table, batch["task_index"], batch["input_ids"], batch["attention_mask"])
+            emb, mask = self._with_prompt(prompts, batch["task_index"], batch["input_ids"], batch["attention_mask"])
             # With inputs_embeds, generate() returns only new tokens (plus T5's decoder start).
             out = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new_tokens,
                                       do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id,
@@ -299,6 +301,10 @@ class Backbone(nn.Module):
             log.warning("fast prefix path off for %s: %s; using the plain path", self.name, why)
             return False
         return True
+
+
+def _table(prompts: Prompts) -> torch.Tensor:
+    return prompts.prompts if isinstance(prompts, PrefixKV) else prompts
 
 
 def _row_targets(out, labels: torch.Tensor, hidden: bool, text_from: int) -> TargetOutput:

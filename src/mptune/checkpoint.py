@@ -27,12 +27,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import MptuneError
+
 log = logging.getLogger(__name__)
 KEEP = 2
 FORMAT_VERSION = 2
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MptuneError, RuntimeError):
     pass
 
 

@@ -2,40 +2,32 @@
 
 Each command maps to one recipe and one typed config dataclass; options and
 their ``--help`` text come from the dataclass fields and docstrings
-(jsonargparse). A YAML file and ``key=value`` / ``--key value`` overrides go
-through the same parser, so unknown keys and invalid values are errors.
+(:func:`mptune.config.parser_for`). A YAML file and ``key=value`` / ``--key value``
+overrides go through the same parser, so unknown keys and invalid values are errors.
+
+Errors meant for the user (:class:`mptune.errors.MptuneError`) are printed
+without a traceback (exit code 2); output piped into a reader that stops early
+(``mptune tasks | head``) ends quietly.
 """
 
 from __future__ import annotations
 
-import re
+import os
 import sys
-from dataclasses import dataclass
+from argparse import ArgumentError
 from typing import Callable, Optional
 
-import jsonargparse
-from jsonargparse import ActionConfigFile, ArgumentParser
+from .config import ConfigError, instantiate, parser_for, to_cli_args
+from .errors import MptuneError
 
-jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
-
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
-
-
-@dataclass
-class TasksConfig:
-    """List the task registry: group, source, sizes and metrics."""
-
-    group: Optional[str] = None
-    """Only tasks of this group (glue, superglue, mrqa, others, ...)."""
-    data_dir: Optional[str] = None
-    """Folder of original files: count examples from the files found there."""
+EXIT_USAGE = 2  # bad input: the message says what to fix
+EXIT_PIPE = 128 + 13  # stdout closed by its reader: what a shell reports for a tool ended by SIGPIPE
 
 
 def _commands() -> dict[str, tuple[type, Callable]]:
-    from .recipes import adapt, distill, evaluate, pipeline, prompt_tune, quickstart, serve
-    from .recipes.tasks import list_tasks_cmd
+    from .recipes import adapt, distill, evaluate, export_peft, pipeline, prompt_tune, quickstart, serve, tasks
 
-    cmds = {
+    return {
         "prompt-tune": (prompt_tune.PromptTuneConfig, prompt_tune.run),
         "distill": (distill.DistillConfig, distill.run),
         "adapt": (adapt.AdaptConfig, adapt.run),
@@ -43,37 +35,10 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "quickstart": (quickstart.QuickstartConfig, quickstart.run),
         "evaluate": (evaluate.EvaluateConfig, evaluate.run_evaluate),
         "predict": (evaluate.PredictConfig, evaluate.run_predict),
-        "tasks": (TasksConfig, list_tasks_cmd),
+        "tasks": (tasks.TasksConfig, tasks.list_tasks_cmd),
+        "export-peft": (export_peft.ExportPeftConfig, export_peft.run),
         "serve": (serve.ServeConfig, serve.run),
     }
-    try:
-        from .recipes import export_peft
-
-        cmds["export-peft"] = (export_peft.ExportPeftConfig, export_peft.run)
-    except ImportError:  # pragma: no cover - arrives with the PEFT exporter
-        pass
-    return cmds
-
-
-def parser_for(cls: type, prog: Optional[str] = None) -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description=(cls.__doc__ or "").strip(), exit_on_error=False,
-                            default_env=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (later options override it).")
-    parser.add_class_arguments(cls, fail_untyped=True, sub_configs=True)
-    return parser
-
-
-def to_cli_args(args: list[str]) -> list[str]:
-    """`cfg.yaml` -> `--config cfg.yaml`; `a.b=c` -> `--a.b=c`; the rest unchanged."""
-    out: list[str] = []
-    for a in args:
-        if _OVERRIDE.match(a):
-            out.append("--" + a)
-        elif not a.startswith("-") and a.endswith((".yaml", ".yml")) and not (out and out[-1].startswith("--") and "=" not in out[-1]):
-            out += ["--config", a]
-        else:
-            out.append(a)
-    return out
 
 
 def _usage(cmds: dict) -> str:
@@ -84,10 +49,7 @@ def _usage(cmds: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    from .config import ConfigError, instantiate
-
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _run(argv: list[str]) -> int:
     cmds = _commands()
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(_usage(cmds))
@@ -100,35 +62,36 @@ def main(argv: Optional[list[str]] = None) -> int:
     name = argv[0]
     if name not in cmds:
         print(f"mptune: unknown command {name!r}; valid commands: {', '.join(cmds)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     cls, fn = cmds[name]
     parser = parser_for(cls, prog=f"mptune {name}")
     try:
-        ns = parser.parse_args(to_cli_args(argv[1:]))
-        cfg = instantiate(parser, ns, cls)
-    except SystemExit as e:  # --help, or jsonargparse's own error exit
-        return int(e.code or 0)
-    except (ConfigError, ValueError, TypeError, jsonargparse.ArgumentError) as e:
-        print(f"mptune {name}: error: {e}", file=sys.stderr)
-        return 2
-    try:
+        try:
+            cfg = instantiate(parser, parser.parse_args(to_cli_args(argv[1:])), cls)
+        except SystemExit as e:  # --help, or jsonargparse's own error exit
+            return int(e.code or 0)
+        except (ArgumentError, ValueError, TypeError) as e:  # a bad option or value: jsonargparse names it
+            raise e if isinstance(e, MptuneError) else ConfigError(str(e)) from None
         fn(cfg)
-    except (ConfigError, FileNotFoundError) as e:
+    except MptuneError as e:
         print(f"mptune {name}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyError as e:  # unknown task / prompt task names: the message lists the valid ones
-        if not (e.args and isinstance(e.args[0], str) and " " in e.args[0]):
-            raise
-        print(f"mptune {name}: error: {e.args[0]}", file=sys.stderr)
-        return 2
-    except Exception as e:  # errors we raise on purpose carry a full sentence; show it, not a traceback
-        from .errors import user_errors
-
-        if isinstance(e, user_errors()):
-            print(f"mptune {name}: error: {e}", file=sys.stderr)
-            return 2
-        raise
+        return EXIT_USAGE
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`): stop quietly, as Unix tools do. Point stdout at
+        # /dev/null so the interpreter's final flush does not report the same error again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
 
 
 if __name__ == "__main__":

@@ -1,24 +1,31 @@
 """Typed, validated configuration shared by every stage.
 
 Each stage (recipe) takes one top-level dataclass made of the sections below.
-The CLI builds its options from these dataclasses (jsonargparse reads the field
-docstrings for ``--help``); YAML files and ``key=value`` overrides go through the
-same parser, so an unknown key is always an error naming the key.
+The CLI builds its options from these dataclasses (:func:`parser_for`: jsonargparse
+reads the field docstrings for ``--help``); YAML files and ``key=value`` overrides
+go through the same parser (:func:`parse`), so an unknown key is always an error
+naming the key. This module sits below the CLI and the recipes: it never imports them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import yaml
 
+from .errors import MptuneError
 
-class ConfigError(ValueError):
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
+
+
+class ConfigError(MptuneError, ValueError):
     """A configuration value is invalid; the message names the key."""
 
 
@@ -31,10 +38,17 @@ class PromptInit(str, Enum):
     """How a soft prompt's vectors start."""
 
     # Member names equal their values, so YAML/CLI spell them the same way (jsonargparse parses names).
-    vocab = "vocab"  # embeddings of tokens sampled from the first `init_vocab_size` ids (paper)
+    vocab = "vocab"  # embeddings of distinct ids drawn from the first `init_vocab_size` ids (ATTEMPT's init)
     text = "text"  # embeddings of `init_text`, repeated to length l
     random = "random"  # normal noise with the embedding table's std
     prompts = "prompts"  # average of saved soft prompts (SPoT-style transfer)
+
+
+class Reduction(str, Enum):
+    """How a loss term reduces over an example's positions (or over the hidden size)."""
+
+    mean = "mean"
+    sum = "sum"
 
 
 @dataclass
@@ -66,9 +80,9 @@ class PromptConfig:
     """The soft prompt."""
 
     length: int = 100
-    """Number of virtual tokens l (the paper uses 100)."""
+    """Number of virtual tokens l (ATTEMPT's configs use 100)."""
     init: PromptInit = PromptInit.vocab
-    """Initialisation: vocab (sampled token embeddings, the paper's setup), text, or random."""
+    """Initialisation: vocab (embeddings of sampled token ids, as ATTEMPT's prompt tuning), text, or random."""
     init_text: Optional[str] = None
     """Text whose token embeddings start the prompt (init=text)."""
     init_vocab_size: int = 5000
@@ -91,7 +105,8 @@ class DataConfig:
     """Where examples come from and how they are tokenised."""
 
     data_dir: Optional[str] = None
-    """Folder of original release files (GLUE .tsv, SuperGLUE .jsonl, ...); default $MPTUNE_DATA_DIR, else the Hub."""
+    """Folder of original release files (GLUE .tsv, SuperGLUE .jsonl, ...); default $MPTUNE_DATA_DIR, else the Hub.
+    A task file's relative data paths are looked up here first (when the file is there), else next to the task file."""
     max_source_length: int = 256
     """Source tokens kept per example (longer inputs are truncated)."""
     max_target_length: int = 128
@@ -116,12 +131,14 @@ class DataConfig:
             _check(self.eval_limit >= 1, "data.eval_limit", "must be >= 1")
 
     def resolved_data_dir(self) -> Optional[str]:
-        return self.data_dir or os.environ.get("MPTUNE_DATA_DIR") or None
+        from .assets import resolve_data_dir  # the one reader of $MPTUNE_DATA_DIR
+
+        return None if (d := resolve_data_dir(self.data_dir)) is None else str(d)
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation (paper: lr 0.3, batch 32, AdamW, warmup + linear decay)."""
+    """Optimisation (ATTEMPT's configs: lr 0.3, batch 32, AdamW, 500 warmup steps + linear decay)."""
 
     max_steps: int = 1000
     """Optimizer steps."""
@@ -151,6 +168,10 @@ class TrainConfig:
     """Seed for data order and initialisation."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision on GPU (accelerate)."""
+    token_reduction: Reduction = Reduction.mean
+    """Each example's loss over its target tokens: mean or sum (L_PLM, and in distillation L_logits and
+    L_hidden); the batch is then averaged over examples either way. Sum weighs long targets more and scales
+    the loss (so clipping and λ act differently)."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
@@ -167,6 +188,7 @@ class TrainConfig:
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        self.token_reduction = Reduction(self.token_reduction)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -207,14 +229,42 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def parser_for(cls: type, prog: Optional[str] = None) -> "ArgumentParser":
+    """The parser of a config dataclass: one option per field (nested sections as ``a.b``), ``--help``
+    text from the field docstrings, ``--config FILE`` for YAML; errors raise instead of exiting."""
+    import jsonargparse
+
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = jsonargparse.ArgumentParser(prog=prog, description=(cls.__doc__ or "").strip(), exit_on_error=False,
+                                         default_env=False)
+    parser.add_argument("--config", action=jsonargparse.ActionConfigFile,
+                        help="YAML config file (later options override it).")
+    parser.add_class_arguments(cls, fail_untyped=True, sub_configs=True)
+    return parser
+
+
+def to_cli_args(args: list[str]) -> list[str]:
+    """`cfg.yaml` -> `--config cfg.yaml`; `a.b=c` -> `--a.b=c`; the rest unchanged."""
+    out: list[str] = []
+    for a in args:
+        if _OVERRIDE.match(a):
+            out.append("--" + a)
+        elif not a.startswith("-") and a.endswith((".yaml", ".yml")) and not (out and out[-1].startswith("--") and "=" not in out[-1]):
+            out += ["--config", a]
+        else:
+            out.append(a)
+    return out
+
+
 def parse(cls: type, data: dict | None = None, overrides: list[str] | None = None, source: str = "config"):
     """Build a validated `cls` instance from a dict plus ``key=value`` overrides.
 
     The same parser as the CLI: unknown keys, wrong types and invalid values
     raise ConfigError naming the key.
     """
-    from .cli import parser_for, to_cli_args
-
     parser = parser_for(cls)
     _precheck(cls, data or {}, "", source)
     try:

@@ -98,6 +98,9 @@ class Trainer:
         if cfg.mixed_precision != "no" and accelerator.mixed_precision == "no":
             log.warning("train.mixed_precision=%s needs a GPU; on %s the run stays in float32 "
                         "(no autocast, no loss scaling)", cfg.mixed_precision, accelerator.device.type)
+        # The setting behind each group's lr, for the resume check: a group may name it (e.g. "lr_task").
+        self.lr_keys = [g.get("name") or ("train.lr" if "lr" not in g else f"param group {i} lr")
+                        for i, g in enumerate(param_groups)]
         opt = torch.optim.AdamW(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.replicated = sharding_requested(accelerator)
         if self.replicated:
@@ -174,9 +177,15 @@ class Trainer:
             return
         path, tensors, state = found
         saved, now = state.get("train", {}), self._fingerprint()
-        diff = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+        diff = {f"train.{k}": (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+        # Per-group lrs: loading the optimizer would silently put the checkpoint's back.
+        was, lrs = state.get("optimizer", {}).get("param_groups", []), [g["initial_lr"] for g in self._inner_opt().param_groups]
+        if len(was) == len(lrs):  # else loading fails below, naming the mismatch
+            for key, g, lr in zip(self.lr_keys, was, lrs):
+                if g.get("initial_lr", lr) != lr:
+                    diff.setdefault(key, (g["initial_lr"], lr))
         if diff:
-            what = ", ".join(f"train.{k}={a} (now {b})" for k, (a, b) in diff.items())
+            what = ", ".join(f"{k}={a} (now {b})" for k, (a, b) in diff.items())
             raise ckpt.CheckpointError(f"{path}: checkpoint was written with {what}; resuming would not continue "
                                        "the same run. Restore those settings, set resume=false to start over, "
                                        "or use a new output_dir.")

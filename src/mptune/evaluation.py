@@ -37,8 +37,9 @@ class EvalResult:
 
 def predict(backbone: Backbone, prompts: Callable[[], torch.Tensor], task: Task, examples: Sequence[Example],
             encoder: TextEncoder, batch_size: int = 32, task_index: int = 0, accelerator=None,
-            max_new_tokens: Optional[int] = None, progress: bool = True) -> list:
-    """Predictions for `examples` (in order). `prompts()` returns the prompt table [T, l, d]."""
+            max_new_tokens: Optional[int] = None, progress: bool = True, with_scores: bool = False) -> list:
+    """Predictions for `examples` (in order). `prompts()` returns the prompt table [T, l, d].
+    with_scores: a classification prediction is (choice index, [the summed log-prob of every choice])."""
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     mine = list(range(rank, len(examples), world))
     run = mine
@@ -65,7 +66,8 @@ def predict(backbone: Backbone, prompts: Callable[[], torch.Tensor], task: Task,
                 ids = [[target(c) for c in ch] for ch in choices]
                 batch, row_example = collate_choices(feats, ids, backbone.kind, backbone.pad_id)
                 scores = backbone.score_choices(prefix, _to(batch, backbone.device)).cpu()
-                preds = [int(scores[row_example == i].argmax()) for i in range(len(js))]
+                per = [scores[row_example == i] for i in range(len(js))]
+                preds = [(int(x.argmax()), x.tolist()) if with_scores else int(x.argmax()) for x in per]
             else:
                 batch = collate_source(feats, backbone.kind, backbone.pad_id)
                 preds = backbone.generate(prefix, _to(batch, backbone.device), max_new)

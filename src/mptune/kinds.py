@@ -78,9 +78,14 @@ class KindSpec:
 
     def collate(self, features: Sequence["Feature"], pad_id: int) -> dict[str, torch.Tensor]:
         """Teacher-forcing batch: input_ids, attention_mask [B, S]; labels [B, T]; task_index [B]."""
-        rows = [f.source + f.target if self.target_in_row else f.source for f in features]
-        batch = self._sources(rows, [f.task_index for f in features], pad_id)
-        batch["labels"] = pad([f.target for f in features], IGNORE, self.left_pad)
+        return self._collate([f.source for f in features], [f.target for f in features],
+                             [f.task_index for f in features], pad_id)
+
+    def _collate(self, sources: Sequence[list[int]], targets: Sequence[list[int]], task_index: Sequence[int],
+                 pad_id: int) -> dict[str, torch.Tensor]:
+        rows = [s + t if self.target_in_row else s for s, t in zip(sources, targets)]
+        batch = self._sources(rows, task_index, pad_id)
+        batch["labels"] = pad(targets, IGNORE, self.left_pad)
         return batch
 
     def collate_source(self, features: Sequence["Feature"], pad_id: int) -> dict[str, torch.Tensor]:
@@ -98,12 +103,10 @@ class KindSpec:
 
     def choice_rows(self, batch: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
         """A choices batch as a teacher-forcing batch of N rows (source of row_example[r] ; choice r)."""
-        from .data import Feature
-
         src = [ids[m.bool()].tolist() for ids, m in zip(batch["input_ids"], batch["attention_mask"])]
-        tgt = [lab[lab != IGNORE].tolist() for lab in batch["labels"]]
         ex, tasks = batch["row_example"].tolist(), batch["task_index"].tolist()
-        return self.collate([Feature(src[e], t, tasks[e]) for e, t in zip(ex, tgt)], pad_id)
+        return self._collate([src[e] for e in ex], [lab[lab != IGNORE].tolist() for lab in batch["labels"]],
+                             [tasks[e] for e in ex], pad_id)
 
 
 SPECS = {

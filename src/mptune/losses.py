@@ -2,6 +2,12 @@
 mixed-task batch can be checked against single-task batches and the Trainer
 can average over the global batch. DistillLoss composes MPT's source-training
 objective L_PLM + λ (L_logits + L_hidden) from the terms.
+
+`token_reduction` (mean | sum) says how a term reduces over an example's target
+tokens (train.token_reduction); HiddenMSE's `d_reduction` how the squared error
+reduces over the hidden size d (distill.hidden_reduction). Sums are the paper
+preset's (issue #18 quotes L_hidden = Σ (H_s − H_t)²; not checked against the
+paper's text, see docs/fidelity.md); means are the default.
 """
 
 from __future__ import annotations
@@ -13,27 +19,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import IGNORE, TargetOutput
+from .config import Reduction
 
 
 def _mask(labels: torch.Tensor) -> torch.Tensor:
     return (labels != IGNORE).float()
 
 
-def _per_example_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x, mask [B, T] -> [B]: mean over each row's target tokens."""
-    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+def _per_example(x: torch.Tensor, mask: torch.Tensor, how: Reduction) -> torch.Tensor:
+    """x, mask [B, T] -> [B]: sum or mean over each row's target tokens."""
+    total = (x * mask).sum(-1)
+    return total if how == Reduction.sum else total / mask.sum(-1).clamp(min=1.0)
 
 
 class TokenNLL(nn.Module):
-    """L_PLM: mean negative log-likelihood of the target tokens, per example.
+    """L_PLM: negative log-likelihood of the target tokens, per example (their mean or sum).
 
     out.logits [B, T, V], out.labels [B, T] -> [B]
     """
 
+    def __init__(self, token_reduction: Reduction = Reduction.mean):
+        super().__init__()
+        self.reduction = Reduction(token_reduction)
+
     def forward(self, out: TargetOutput) -> torch.Tensor:
         logits, labels = out.logits.float(), out.labels
         nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")  # [B, T]
-        return _per_example_mean(nll, _mask(labels))
+        return _per_example(nll, _mask(labels), self.reduction)
 
 
 def _kl(p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -43,20 +55,20 @@ def _kl(p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 class LogitKL(nn.Module):
     """L_logits: KL(teacher || student) of the output distributions at target positions,
-    with temperature T and the usual T^2 factor (Hinton et al.), per example.
+    with temperature T and the usual T^2 factor (Hinton et al.), per example (mean or sum over tokens).
 
     student, teacher logits [B, T, V]; labels [B, T] -> [B]
     """
 
-    def __init__(self, temperature: float = 1.0):
+    def __init__(self, temperature: float = 1.0, token_reduction: Reduction = Reduction.mean):
         super().__init__()
-        self.temperature = temperature
+        self.temperature, self.reduction = temperature, Reduction(token_reduction)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         t = self.temperature
         s = F.log_softmax(student.float() / t, dim=-1)
         p = F.log_softmax(teacher.float() / t, dim=-1)
-        return _per_example_mean(_kl(p, s), _mask(labels)) * t * t
+        return _per_example(_kl(p, s), _mask(labels), self.reduction) * t * t
 
 
 class TopKLogitKL(nn.Module):
@@ -68,16 +80,17 @@ class TopKLogitKL(nn.Module):
 
     s_rest being the student's mass outside the teacher's top-k. KL_k equals the full KL when the
     teacher puts no mass outside its top-k (k = V in particular) and is never larger (data processing
-    inequality): a lower bound, tight for peaked teachers. Full storage gives LogitKL exactly.
+    inequality): a lower bound, tight for peaked teachers. Full storage gives LogitKL exactly; tokens
+    reduce as in LogitKL (`token_reduction`).
 
     student logits [B, T, V]; logp [B, T, k] (k = V: full); index [B, T, k] token ids of logp, or None
     when logp is the full vocabulary in order; log_rest [B, T] log of the teacher's remaining mass
     (None with index None); labels [B, T] -> [B]
     """
 
-    def __init__(self, temperature: float = 1.0):
+    def __init__(self, temperature: float = 1.0, token_reduction: Reduction = Reduction.mean):
         super().__init__()
-        self.temperature = temperature
+        self.temperature, self.reduction = temperature, Reduction(token_reduction)
 
     def forward(self, student: torch.Tensor, logp: torch.Tensor, labels: torch.Tensor,
                 index: Optional[torch.Tensor] = None, log_rest: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -91,23 +104,29 @@ class TopKLogitKL(nn.Module):
             p_rest = log_rest.exp()
             term = p_rest * (log_rest - s_rest)
             kl = kl + torch.where(p_rest > 0, term, torch.zeros_like(term))  # 0 * log 0 = 0
-        return _per_example_mean(kl, _mask(labels)) * t * t
+        return _per_example(kl, _mask(labels), self.reduction) * t * t
 
 
 class HiddenMSE(nn.Module):
-    """L_hidden: mean squared error between student and teacher hidden states at the
-    target positions, averaged over the hidden size, per example.
+    """L_hidden: squared error between student and teacher hidden states at the target positions,
+    per example: reduced over the hidden size d (`d_reduction`), then over the tokens (`token_reduction`).
+    mean/mean is the MSE; sum/sum is Σ (H_s − H_t)², d × (tokens) times larger.
 
     student, teacher [B, T, d]; labels [B, T] -> [B]
     """
 
+    def __init__(self, token_reduction: Reduction = Reduction.mean, d_reduction: Reduction = Reduction.mean):
+        super().__init__()
+        self.reduction, self.d_reduction = Reduction(token_reduction), Reduction(d_reduction)
+
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        se = (student.float() - teacher.float()).pow(2).mean(-1)  # [B, T]
-        return _per_example_mean(se, _mask(labels))
+        se = (student.float() - teacher.float()).pow(2)  # [B, T, d]
+        se = se.sum(-1) if self.d_reduction == Reduction.sum else se.mean(-1)  # [B, T]
+        return _per_example(se, _mask(labels), self.reduction)
 
 
 class DistillLoss(nn.Module):
-    """MPT source training (Wang et al., 2023, §3.2), per example:
+    """MPT source training (Wang et al., 2023), per example:
 
         L = L_PLM + λ (L_logits + L_hidden)
 
@@ -115,14 +134,17 @@ class DistillLoss(nn.Module):
     TargetOutput) or TopKLogitKL against stored teacher log-probs (anything with logp, index,
     log_rest: teacher_cache.CachedTeacher); L_hidden is HiddenMSE at the target positions, or at the
     source positions when `source_mask` [B, S] (1 = text token) is given. Returns the loss [B] and
-    each term [B] ("plm", "kl", "hidden") for logging.
+    each term [B] ("plm", "kl", "hidden") for logging. Every term reduces over tokens by
+    `token_reduction`; L_hidden over d by `hidden_reduction`.
     """
 
-    def __init__(self, weight: float = 1.0, temperature: float = 1.0, logits: bool = True, hidden: bool = True):
+    def __init__(self, weight: float = 1.0, temperature: float = 1.0, logits: bool = True, hidden: bool = True,
+                 token_reduction: Reduction = Reduction.mean, hidden_reduction: Reduction = Reduction.mean):
         super().__init__()
         self.weight, self.logits, self.hidden = weight, logits, hidden
-        self.nll, self.kl, self.stored_kl, self.mse = (TokenNLL(), LogitKL(temperature), TopKLogitKL(temperature),
-                                                       HiddenMSE())
+        tr = token_reduction
+        self.nll, self.kl, self.stored_kl = TokenNLL(tr), LogitKL(temperature, tr), TopKLogitKL(temperature, tr)
+        self.mse = HiddenMSE(tr, hidden_reduction)
 
     def forward(self, student: TargetOutput, teacher=None,
                 source_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

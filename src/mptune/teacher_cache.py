@@ -25,7 +25,9 @@ teacher prompts, temperature, k, the tokenised features); a mismatch rebuilds th
 The loss against these values is losses.TopKLogitKL: with full storage it equals the
 live LogitKL exactly; with the top-k it is the KL between the two distributions coarsened
 to k+1 outcomes (the top-k tokens and "the rest"), a lower bound of the full KL that is
-exact when the teacher's mass outside the top-k is 0.
+exact when the teacher's mass outside the top-k is 0. The distill recipe logs the gap
+(``kl_topk_gap``: full KL against a live teacher pass minus the bucket KL) every
+``train.log_every`` steps; the paper preset stores nothing (``teacher_cache: false``).
 
 Multi-process: processes on one machine share the files (the main process creates
 them); each writes only its own examples.

@@ -44,29 +44,21 @@ def eval_gather(job: dict, acc) -> dict:
     for task_name in job["tasks"]:
         task = get_task(task_name)
         examples = task.load_raw("validation", job["data_dir"])[: job["n"]]
-        seen: list[int] = []  # examples per batch this process ran (counted where they are encoded)
-        pending = [0]
-        orig_score, orig_gen, orig_source = backbone.score_choices, backbone.generate, enc.source
-
-        def source(text, _o=orig_source):
-            pending[0] += 1
-            return _o(text)
+        seen: list[int] = []  # examples per batch this process ran (the batch's source rows)
+        orig_score, orig_gen = backbone.score_choices, backbone.generate
 
         def score(table, batch, _o=orig_score):
-            seen.append(pending[0])
-            pending[0] = 0
+            seen.append(int(batch["input_ids"].shape[0]))
             return _o(table, batch)
 
         def gen(table, batch, n, _o=orig_gen):
-            seen.append(pending[0])
-            pending[0] = 0
+            seen.append(int(batch["input_ids"].shape[0]))
             return _o(table, batch, n)
 
-        enc.source = source
         backbone.score_choices, backbone.generate = score, gen
         preds = predict(backbone, prompt, task, examples, enc, batch_size=job["batch_size"], accelerator=acc,
                         progress=False)
-        backbone.score_choices, backbone.generate, enc.source = orig_score, orig_gen, orig_source
+        backbone.score_choices, backbone.generate = orig_score, orig_gen
         from accelerate.utils import gather_object
 
         batches = gather_object([(acc.process_index, seen)])

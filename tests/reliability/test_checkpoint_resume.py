@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -315,3 +316,63 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(tmp_path, tiny_t5_dir):
     rows = lambda d: [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"}  # noqa: E731
                       for x in (d / "log.jsonl").read_text().splitlines()]
     assert rows(killed) == rows(ref)
+
+
+ADAPT = ["tasks=[rte]", "prompt.length=4", "train.batch_size=4", "train.max_steps=6", "train.checkpoint_every=3",
+         "train.eval_every=0", "train.log_every=1", "data.max_source_length=40", "data.max_target_length=6",
+         "train.lr=0.3"]
+
+
+@pytest.mark.parametrize("command", [["adapt"], ["distill", "distill.shared_init=vocab", "distill.weight=0"]])
+def test_resume_refuses_a_changed_per_group_learning_rate(tmp_path, tiny_llama_dir, capsys, command):
+    """Issue #15.7 on a tiny Llama: adapt with lr_task=0.01 for 6 steps, then resume from step 3 with
+    lr_task=5.0. The checkpoint's param groups used to replace the new lr silently (exit 0, the prompt
+    bit for bit that of the lr 0.01 run); now the resume is refused, naming the key and both values."""
+    data = tmp_path / "data"
+    write_glue_rte(data, n_train=24, n_dev=8)
+    run = tmp_path / "run"
+    argv = [*command, f"model.name={tiny_llama_dir}", f"data.data_dir={data}", f"output_dir={run}", *ADAPT]
+    assert main([*argv, "lr_task=0.01"]) == 0
+    done = load_file(str(run / "prompt.safetensors"))
+    shutil.rmtree(run / "checkpoints" / "step-000000006")  # the newest checkpoint left is step 3
+
+    assert main([*argv, "lr_task=5.0"]) == 2
+    err = capsys.readouterr().err
+    assert "step-000000003" in err and "lr_task=0.01 (now 5.0)" in err and "resume=false" in err, err
+    if command[0] == "adapt":  # P*'s own lr (default train.lr)
+        assert main([*argv, "lr_task=0.01", "lr_shared=0.7"]) == 2
+        assert "with lr_shared=0.3 (now 0.7);" in capsys.readouterr().err
+    assert ckpt.list_checkpoints(run / "checkpoints")[0].name == "step-000000003"  # nothing was touched
+    tally("bad inputs: resume with changed train settings")
+
+    # the same lr resumes and ends bit for bit where the uninterrupted run ended
+    assert main([*argv, "lr_task=0.01"]) == 0
+    again = load_file(str(run / "prompt.safetensors"))
+    assert done.keys() == again.keys() and all(torch.equal(done[k], again[k]) for k in done)
+    # resume=false starts afresh with the new lr (and so ends elsewhere)
+    assert main([*argv, "lr_task=5.0", "resume=false"]) == 0
+    fresh = load_file(str(run / "prompt.safetensors"))
+    assert not torch.equal(fresh["task_u"], done["task_u"])
+
+
+def test_resume_refuses_changed_group_lrs_of_any_trainer(tmp_path):
+    """Every param group's lr is checked, named by the group's "name" (the setting behind it), else by
+    train.lr (a group without its own lr) or its position."""
+    _killed_at_9(tmp_path / "run")
+
+    def groups_of(**lrs):
+        def build(module):
+            return [{"params": list(module.parameters()), **lrs}]
+        return build
+
+    cases = [({"lr": 0.5, "name": "lr_task"}, "lr_task=0.05 (now 0.5)"),
+             ({"lr": 0.07}, "param group 0 lr=0.05 (now 0.07)")]
+    for now, msg in cases:
+        with pytest.raises(ckpt.CheckpointError, match=re.escape(msg)):
+            make(tmp_path / "run", toy_config(), param_groups=groups_of(**now))
+    # a group that takes train.lr is reported once, as train.lr
+    with pytest.raises(ckpt.CheckpointError, match=r"train\.lr=0\.05 \(now 0\.1\); resuming") as e:
+        make(tmp_path / "run", toy_config(lr=0.1))
+    assert "param group" not in str(e.value)
+    # the same lrs given explicitly still resume
+    make(tmp_path / "run", toy_config(), param_groups=groups_of(lr=0.05, name="lr_task"))

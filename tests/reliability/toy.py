@@ -21,7 +21,9 @@ from mptune.utils import seed_everything
 
 
 class Killed(BaseException):
-    """Stands in for SIGKILL inside the process (BaseException: nothing may catch it)."""
+    """An in-process stand-in for a kill, raised inside the run (a BaseException, so nothing in mptune
+    catches it); the process lives on and the test resumes from the files on disk. The real kill is
+    test_checkpoint_resume's SIGKILL of a `mptune prompt-tune` process."""
 
 
 class ToyPrompt(nn.Module):
@@ -46,11 +48,16 @@ def toy_config(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _one_group(module: nn.Module) -> list[dict]:
+    return [{"params": list(module.parameters())}]
+
+
 def make(out: Path, cfg: TrainConfig, resume: bool = True, loss_hook: Optional[Callable] = None,
-         eval_hook: Optional[Callable] = None, per_example_hook: Optional[Callable] = None) -> Trainer:
+         eval_hook: Optional[Callable] = None, per_example_hook: Optional[Callable] = None,
+         param_groups: Optional[Callable] = None) -> Trainer:
     """A Trainer over the toy workload. Hooks: loss_hook(trainer) runs before each loss (raise
     Killed there to 'kill' the run), per_example_hook(trainer, losses) may replace the losses,
-    eval_hook(trainer) runs before each dev evaluation."""
+    eval_hook(trainer) runs before each dev evaluation; param_groups(module) gives the optimizer's groups."""
     seed_everything(cfg.seed)  # as every recipe does before building anything
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(22, 4, generator=g), torch.randn(22, generator=g)
@@ -79,7 +86,7 @@ def make(out: Path, cfg: TrainConfig, resume: bool = True, loss_hook: Optional[C
         w = t.module().detach()
         return float(-(w.sum() - 1.0).abs()) + 0.001 * random.random()
 
-    t = Trainer(accelerator=accelerator(), module=module, param_groups=[{"params": list(module.parameters())}],
+    t = Trainer(accelerator=accelerator(), module=module, param_groups=(param_groups or _one_group)(module),
                 cfg=cfg, plan=ShuffledBatches(22, cfg.batch_size, cfg.seed), make_batch=make_batch,
                 loss_fn=loss_fn, evaluate=evaluate, out_dir=out, resume=resume, desc="toy")
     holder["t"] = t

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mptune.tasks import DataError, get_task, task_from_dict
+from mptune.tasks import DataError, TaskDefinitionError, get_task, task_from_dict
 
 
 def put(root, rel, text):
@@ -120,17 +120,29 @@ def test_user_task_generation_tsv(tmp_path):
 
 
 def test_user_task_errors(tmp_path):
-    base = {"name": "x", "files": {"train": "t.jsonl"}, "template": "{a}"}
-    with pytest.raises(ValueError, match=r"unknown task key\(s\) 'label_word' \(did you mean 'label_words'\?\)"):
+    base = {"name": "x", "files": {"train": "t.jsonl", "validation": "v.jsonl"}, "template": "{a}"}
+    with pytest.raises(TaskDefinitionError, match=r"label_word: unknown key \(did you mean 'label_words'\?\)"):
         task_from_dict({**base, "label_word": ["a"]})
-    with pytest.raises(ValueError, match="needs 'template'"):
-        task_from_dict({"name": "x", "files": {"train": "t.jsonl"}})
-    with pytest.raises(ValueError, match="unknown split 'valid'"):
-        task_from_dict({**base, "files": {"valid": "v.jsonl"}})
+    with pytest.raises(ValueError, match="template: missing"):
+        task_from_dict({"name": "x", "files": {"train": "t.jsonl", "validation": "v.jsonl"}})
+    with pytest.raises(ValueError, match="files.valid: unknown split 'valid'"):
+        task_from_dict({**base, "files": {"train": "t.jsonl", "valid": "v.jsonl"}})
     with pytest.raises(ValueError, match="'files'"):
         task_from_dict({"name": "x", "template": "{a}"})
-    with pytest.raises(ValueError, match="fieldnames"):
+    with pytest.raises(ValueError, match="fieldnames: missing"):
         task_from_dict({**base, "header": False})
+    with pytest.raises(ValueError, match=r"needs files for \['train', 'validation'\]; missing \['validation'\]"):
+        task_from_dict({**base, "files": {"train": "t.jsonl"}})
+    # all problems at once, each naming its key
+    with pytest.raises(TaskDefinitionError) as e:
+        task_from_dict({"name": "a b", "files": {"train": "t.jsonl", "validation": "v.jsonl"}, "template": "{}",
+                        "label_words": ["no", "yes"], "label_map": {"n": 0, "y": 2}, "kind": "clasification"})
+    msg = str(e.value)
+    assert "4 problem(s)" in msg and "name: must be letters" in msg and "template: every {} needs a field" in msg
+    assert "label_map.y: maps to 2, not an index into label_words (0..1" in msg and "kind: unknown kind" in msg
     task = task_from_dict({**base, "files": {"train": "t.jsonl", "dev": "t.jsonl", "test": "t.jsonl"}}, tmp_path)
     with pytest.raises(DataError, match="train file not found"):
         task.load("train")
+    with pytest.raises(TaskDefinitionError, match=r"files.train: data file not found: 't.jsonl'"):
+        task_from_dict({**base, "files": {"train": "t.jsonl", "dev": "t.jsonl", "test": "t.jsonl"}}, tmp_path,
+                       check_files=True)

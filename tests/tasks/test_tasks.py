@@ -48,7 +48,7 @@ ROWS = {
 def test_registry_has_the_papers_23_datasets():
     assert len(PAPER_TASKS) == 23 and len(SOURCE_TASKS) == 6
     assert sum(len(v) for v in BENCHMARKS.values()) == 21  # MNLI, QNLI, QQP, SST-2 are source and GLUE target
-    from mptune.tasks.quickstart import QUICKSTART_TASKS  # file-only sets, tested in test_quickstart_tasks.py
+    from mptune.tasks import ASSET_TASKS as QUICKSTART_TASKS  # file-only sets, tested in test_asset_tasks.py
 
     names = [t.name for t in list_tasks() if t.name not in QUICKSTART_TASKS]
     assert set(PAPER_TASKS) <= set(names) and len(names) == len(set(names))

@@ -7,7 +7,8 @@ from pathlib import Path
 from .base import PromptFileError, PromptMeta, PromptModule
 from .io import load_module, load_prompt, save_module, save_prompt
 from .registry import PROMPT_KINDS
-from .soft import SoftPrompt, init_prompt_vectors
+from .init import init_prompt_vectors
+from .soft import SoftPrompt
 
 
 def load_prompt_module(path: str | Path, backbone, check_backbone: bool = True,

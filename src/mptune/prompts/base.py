@@ -16,11 +16,13 @@ from typing import ClassVar, Optional, Protocol, runtime_checkable
 
 import torch
 
+from ..errors import MptuneError
+
 FORMAT = "mptune-prompt"
 FORMAT_VERSION = 1
 
 
-class PromptFileError(ValueError):
+class PromptFileError(MptuneError, ValueError):
     """A prompt file is missing, corrupt, or made for another backbone/shape."""
 
 

@@ -1,24 +1,37 @@
-"""MPT's decomposed prompt: P_k = P* ∘ (u_k v_k)  (Wang et al., 2023, eq. 1).
+"""MPT's decomposed prompt: P_k = P* ∘ (u_k v_k)  (Wang et al., 2023).
 
 shared P* [l, d] is common to all tasks; each task k owns u_k [l, r] and
-v_k [r, d] (rank r, 1 in the paper), so a task costs r·(l + d) parameters.
-forward() returns the whole table [K, l, d]; the backbone gathers each row's
-task, so a batch mixing tasks is one pass.
+v_k [r, d] (rank r; 1 by default, as PEFT's num_ranks), so a task costs
+r·(l + d) parameters. forward() returns the whole table [K, l, d]; the
+backbone gathers each row's task, so a batch mixing tasks is one pass.
 
-Initialisation (documented defaults):
-* u = 1 and v = 1/r, so u_k v_k is exactly the all-ones matrix and a fresh
-  prompt starts exactly at P* (not near 0, as a random low-rank update would).
-* `noise` > 0 adds N(0, noise) to u and v (PEFT uses N(1, 0.02)-style init).
+Initialisation of u, v (`task_init`; the paper's could not be checked, see docs/fidelity.md):
+* ones (default): u = 1 and v = 1/r, so u_k v_k is exactly the all-ones matrix
+  and a fresh prompt starts exactly at P*;
+* normal: u, v ~ N(0, 0.02) as PEFT's MultitaskPromptEmbedding
+  (peft/tuners/multitask_prompt_tuning/model.py), so P_k starts near 0.
+`noise` overrides the std of the normal part (ones: N(0, noise) added to 1 and 1/r).
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import ClassVar, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from ..errors import UnknownNameError
 from .base import PromptMeta
+
+PEFT_TASK_STD = 0.02  # PEFT: torch.normal(mean=0, std=0.02) for prefix_task_cols and prefix_task_rows
+
+
+class TaskInit(str, Enum):
+    """How each task's u_k, v_k start."""
+
+    ones = "ones"  # u_k v_k = 1: P_k = P* exactly
+    normal = "normal"  # u, v ~ N(0, 0.02) (PEFT): P_k ≈ 0
 
 
 class DecomposedPrompt(nn.Module):
@@ -29,7 +42,8 @@ class DecomposedPrompt(nn.Module):
 
     def __init__(self, shared: torch.Tensor, tasks: Sequence[str], rank: int = 1,
                  task_u: Optional[torch.Tensor] = None, task_v: Optional[torch.Tensor] = None,
-                 noise: float = 0.0, generator: Optional[torch.Generator] = None):
+                 task_init: TaskInit = TaskInit.ones, noise: Optional[float] = None,
+                 generator: Optional[torch.Generator] = None):
         super().__init__()
         l, d = shared.shape
         K = len(tasks)
@@ -42,14 +56,16 @@ class DecomposedPrompt(nn.Module):
         self.tasks = list(tasks)
         self.rank = rank
         self.shared = nn.Parameter(shared.detach().clone().float())
-        if task_u is None:
-            task_u = torch.ones(K, l, rank)
-            if noise:
-                task_u = task_u + noise * torch.randn(K, l, rank, generator=generator)
+        ones = TaskInit(task_init) == TaskInit.ones
+        std = (0.0 if ones else PEFT_TASK_STD) if noise is None else noise
+        if task_u is None:  # mean (1 or 0) plus N(0, std)
+            task_u = torch.full((K, l, rank), 1.0 if ones else 0.0)
+            if std:
+                task_u = task_u + std * torch.randn(K, l, rank, generator=generator)
         if task_v is None:
-            task_v = torch.full((K, rank, d), 1.0 / rank)
-            if noise:
-                task_v = task_v + noise * torch.randn(K, rank, d, generator=generator)
+            task_v = torch.full((K, rank, d), 1.0 / rank if ones else 0.0)
+            if std:
+                task_v = task_v + std * torch.randn(K, rank, d, generator=generator)
         if tuple(task_u.shape) != (K, l, rank) or tuple(task_v.shape) != (K, rank, d):
             raise ValueError(f"task_u {tuple(task_u.shape)} / task_v {tuple(task_v.shape)} do not fit "
                              f"K={K}, l={l}, r={rank}, d={d}")
@@ -80,7 +96,7 @@ class DecomposedPrompt(nn.Module):
         try:
             return self.tasks.index(name)
         except ValueError:
-            raise KeyError(f"task {name!r} is not in this prompt; it holds {self.tasks}") from None
+            raise UnknownNameError(f"task {name!r} is not in this prompt; it holds {self.tasks}") from None
 
     def param_groups(self, lr_shared: float, lr_task: float, freeze_shared: bool = False) -> list[dict]:
         """Separate learning rates for P* and for (u, v); P* optionally frozen."""
@@ -91,7 +107,7 @@ class DecomposedPrompt(nn.Module):
         return groups
 
     def trainable_per_task(self) -> int:
-        """l·d + r·(l + d) for one task: the paper's per-task parameter count."""
+        """l·d + r·(l + d): the parameters one task trains (P* and its own u, v)."""
         return self.length * self.dim + self.rank * (self.length + self.dim)
 
     # -- files ---------------------------------------------------------------

@@ -7,38 +7,7 @@ from typing import ClassVar, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..config import PromptConfig, PromptInit
 from .base import PromptMeta
-
-
-def init_prompt_vectors(cfg: PromptConfig, embeddings: nn.Embedding, tokenizer=None,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Starting vectors [l, d] in the space the model's ``inputs_embeds`` live in."""
-    table = embeddings.weight.detach().float().cpu()
-    l, (vocab, d) = cfg.length, table.shape
-    if cfg.init == PromptInit.vocab:
-        # The paper: embeddings of tokens sampled from the 5,000 most common ids.
-        ids = torch.randint(0, min(cfg.init_vocab_size, vocab), (l,), generator=generator)
-    elif cfg.init == PromptInit.text:
-        if tokenizer is None:
-            raise ValueError("prompt.init=text needs the backbone's tokenizer")
-        ids = torch.tensor(tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-        if ids.numel() == 0:
-            raise ValueError(f"prompt.init_text {cfg.init_text!r} tokenises to nothing")
-        ids = ids.repeat((l + ids.numel() - 1) // ids.numel())[:l]
-    elif cfg.init == PromptInit.prompts:
-        from .io import load_prompt
-
-        prompts = [load_prompt(p, dim=d, kind="soft")[0]["prompt"] for p in cfg.init_from]
-        if any(p.shape[0] != l for p in prompts):
-            raise ValueError(f"prompt.init_from: prompts have lengths {[p.shape[0] for p in prompts]}, "
-                             f"prompt.length is {l}")
-        return torch.stack(prompts).mean(0)
-    else:
-        return torch.randn(l, d, generator=generator) * table.std()
-    # Go through the module so embedding-side scaling (Gemma 3) is applied as for real text.
-    with torch.no_grad():
-        return embeddings(ids.to(embeddings.weight.device)).float().cpu()
 
 
 class SoftPrompt(nn.Module):

@@ -30,7 +30,7 @@ from ..engine import Trainer
 from ..losses import TokenNLL
 from ..prompts import load_prompt
 from ..prompts.decomposed import DecomposedPrompt
-from ..prompts.soft import init_prompt_vectors
+from ..prompts.init import init_prompt_vectors
 from ..utils import seed_everything
 from . import common
 from .multitask import MultiTaskData, SamplingConfig, dev_average, save_decomposed
@@ -41,7 +41,7 @@ class AdaptConfig:
     """MPT target adaptation: start from P* and learn a multiplicative low-rank update per target task."""
 
     tasks: list[str]
-    """Target task(s); several = one shared P* with per-task u, v (MPT*)."""
+    """Target task(s): registry names or task files; several = one shared P* with per-task u, v (MPT*)."""
     output_dir: str
     """Stage folder to write."""
     source: Optional[str] = None
@@ -90,13 +90,13 @@ def source_model(cfg: AdaptConfig) -> ModelConfig:
     return ModelConfig(**model)
 
 
-def initial_prompt(cfg: AdaptConfig, backbone) -> DecomposedPrompt:
+def initial_prompt(cfg: AdaptConfig, backbone, names: list[str]) -> DecomposedPrompt:
     if cfg.source is None:
         g = torch.Generator().manual_seed(cfg.train.seed)
         shared = init_prompt_vectors(cfg.prompt, backbone.model.get_input_embeddings(), backbone.tokenizer, g)
         if (cfg.rank or 1) > min(shared.shape):
             raise ConfigError(f"rank: {cfg.rank} exceeds min(l, d) = {min(shared.shape)}")
-        return DecomposedPrompt(shared, cfg.tasks, cfg.rank or 1)
+        return DecomposedPrompt(shared, names, cfg.rank or 1)
     tensors, meta = load_prompt(cfg.source, backbone=backbone.name, dim=backbone.hidden_size)
     if meta.kind == "decomposed":
         src = DecomposedPrompt.from_tensors(tensors, meta)
@@ -108,7 +108,7 @@ def initial_prompt(cfg: AdaptConfig, backbone) -> DecomposedPrompt:
         shared, rank = tensors["prompt"], cfg.rank or 1
     if rank > min(shared.shape):
         raise ConfigError(f"rank: {rank} exceeds min(l, d) = {min(shared.shape)}")
-    return DecomposedPrompt(shared, cfg.tasks, rank)
+    return DecomposedPrompt(shared, names, rank)
 
 
 def run(cfg: AdaptConfig) -> dict:
@@ -120,9 +120,11 @@ def run(cfg: AdaptConfig) -> dict:
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
     data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train.seed)
-    prompt = initial_prompt(cfg, backbone).to(acc.device)
+    prompt = initial_prompt(cfg, backbone, data.names).to(acc.device)
     groups = prompt.param_groups(cfg.lr_shared or cfg.train.lr, cfg.lr_task or cfg.train.lr, cfg.freeze_shared)
-    nll = TokenNLL()
+    for g in groups:  # the setting behind each lr: a resume that finds it changed is refused, naming it
+        g["name"] = "lr_shared" if g["params"][0] is prompt.shared else "lr_task"
+    nll = TokenNLL(cfg.train.token_reduction)
 
     def make_batch(idx: list[int]) -> dict:
         b = collate([data.features[i] for i in idx], backbone.kind, backbone.pad_id)
@@ -139,8 +141,8 @@ def run(cfg: AdaptConfig) -> dict:
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,
                       plan=data.plan(cfg.train.batch_size, cfg.train.seed, cfg.sampling), make_batch=make_batch,
                       loss_fn=loss_fn, evaluate=dev_score, out_dir=out, resume=cfg.resume,
-                      desc=f"adapt {'+'.join(cfg.tasks)}")
+                      desc=f"adapt {'+'.join(data.names)}")
     result = trainer.fit()
 
     # -- save --------------------------------------------------------------
-    return save_decomposed("adapt", cfg, result, cfg.tasks, prompt.rank, groups, backbone, data, encoder, acc, out)
+    return save_decomposed("adapt", cfg, result, data.names, prompt.rank, groups, backbone, data, encoder, acc, out)

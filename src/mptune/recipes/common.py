@@ -11,9 +11,10 @@ import torch
 
 from .. import __version__
 from ..backbone import Backbone, load_backbone
-from ..config import DataConfig, ModelConfig, save_yaml, to_dict
+from ..config import ConfigError, DataConfig, ModelConfig, save_yaml, to_dict
 from ..data import LazyFeatures, TextEncoder
 from ..tasks import Example, Task, few_shot
+from ..tasks.resolve import resolve_task, save_definitions
 from ..utils import atomic_write_json
 
 STAGE_FILE = "stage.json"
@@ -68,8 +69,21 @@ def backbone_params(backbone: Backbone) -> int:
     return sum(p.numel() for p in backbone.model.parameters())
 
 
-def write_stage(out_dir: Path, stage: str, cfg, extra: Optional[dict] = None) -> None:
-    """Resolved config + a stage marker: the folder describes itself."""
+def resolve_tasks(specs: Sequence[str], data: DataConfig, key: str = "tasks", folder: Optional[Path] = None,
+                  check_data: bool = True) -> list[Task]:
+    """Registry names or task files -> tasks, before anything is written (a file's problems all at
+    once, see mptune.tasks.resolve); `folder`: a stage folder whose saved definitions come first."""
+    tasks = [resolve_task(s, data.resolved_data_dir(), folder, check_data, key) for s in specs]
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key}: duplicate task names {names} (from {list(specs)})")
+    return tasks
+
+
+def write_stage(out_dir: Path, stage: str, cfg, extra: Optional[dict] = None, tasks: Sequence[Task] = ()) -> None:
+    """Resolved config + a stage marker + the definitions of the user tasks (tasks/<name>.yaml):
+    the folder describes itself."""
+    save_definitions(out_dir, tasks)
     save_yaml(to_dict(cfg), out_dir / "config.yaml")
     atomic_write_json(out_dir / STAGE_FILE, {"stage": stage, "mptune_version": __version__,
                                              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})})

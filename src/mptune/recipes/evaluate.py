@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+import torch
+
 from ..config import ConfigError, DataConfig, ModelConfig, load_yaml
 from ..evaluation import evaluate, predict, prediction_rows
 from ..prompts import load_prompt_module
-from ..tasks import Example, get_task
+from ..tasks import Example, TaskKind
 from ..tasks.readers import DataError, read_text
 from ..utils import atomic_write_json, atomic_write_jsonl
 from . import common
@@ -28,7 +30,8 @@ class EvaluateConfig:
     prompt: str
     """Stage folder (holding prompt.safetensors and config.yaml) or a .safetensors prompt file."""
     task: Optional[str] = None
-    """Task to evaluate (default: the prompt's task; required for multi-task prompts)."""
+    """Task to evaluate (default: the prompt's task; required for multi-task prompts): a name (the folder's
+    saved definition tasks/<name>.yaml, else the registry) or a task file."""
     split: Literal["train", "dev", "test"] = "test"
     """Paper split to evaluate."""
     output_dir: Optional[str] = None
@@ -54,9 +57,11 @@ class PredictConfig:
     input: str
     """JSONL file: each line has "source" (model input text) or the task template's fields."""
     output: str
-    """JSONL file to write predictions to."""
+    """JSONL file to write, one line per input row: uid, task, source, prediction. Label tasks (rank
+    classification) add prediction_index and "scores": {label: {"logprob": the label's summed token
+    log-prob (the score the ranking uses), "prob": softmax of those over the labels}}."""
     task: Optional[str] = None
-    """Task whose template/labels to use (default: the prompt's task)."""
+    """Task whose template/labels to use (default: the prompt's task): a name or a task file, as for evaluate."""
     model: Optional[ModelConfig] = None
     """Backbone override (default: the one in the prompt folder's config.yaml)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -67,11 +72,14 @@ class PredictConfig:
     """Accept a pickle prompt file (.bin/.pt; can run code when loaded, so off by default); it is read with torch.load(weights_only=True)."""
 
 
+def _folder(prompt: str) -> Path:
+    return Path(prompt) if Path(prompt).is_dir() else Path(prompt).parent
+
+
 def _model_for(prompt: str, override: Optional[ModelConfig]) -> ModelConfig:
     if override is not None:
         return override
-    folder = Path(prompt) if Path(prompt).is_dir() else Path(prompt).parent
-    cfg_file = folder / "config.yaml"
+    cfg_file = _folder(prompt) / "config.yaml"
     if cfg_file.is_file():
         model = load_yaml(cfg_file).get("model")
         if isinstance(model, dict) and model.get("name"):
@@ -80,18 +88,18 @@ def _model_for(prompt: str, override: Optional[ModelConfig]) -> ModelConfig:
 
 
 def _setup(prompt: str, model: Optional[ModelConfig], task_name: Optional[str], data: DataConfig,
-           allow_pickle: bool = False):
+           allow_pickle: bool = False, check_data: bool = True):
     acc = common.make_accelerator()
     backbone = common.setup_backbone(_model_for(prompt, model), acc)
     module, meta = load_prompt_module(prompt, backbone, allow_pickle=allow_pickle)
     name = task_name or (meta.tasks[0] if len(meta.tasks) == 1 else None)
     if name is None:
         raise ConfigError(f"task: the prompt holds tasks {meta.tasks}; choose one with task=...")
+    task = common.resolve_tasks([name], data, "task", _folder(prompt), check_data)[0]
     try:
-        task_index = module.task_index(name)
+        task_index = module.task_index(task.name)
     except KeyError:
-        raise ConfigError(f"task: {name!r} is not among the prompt's tasks {meta.tasks}") from None
-    task = get_task(name)
+        raise ConfigError(f"task: {task.name!r} is not among the prompt's tasks {meta.tasks}") from None
     return acc, backbone, module.to(acc.device), task, task_index, common.encoder_for(backbone, data)
 
 
@@ -99,13 +107,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data, cfg.allow_pickle)
     examples = common.eval_examples(task, cfg.split, cfg.data, cfg.limit)
     r = evaluate(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc)
-    folder = Path(cfg.prompt) if Path(cfg.prompt).is_dir() else Path(cfg.prompt).parent
-    out = Path(cfg.output_dir) if cfg.output_dir else folder / f"eval-{task.name}-{cfg.split}"
+    out = Path(cfg.output_dir) if cfg.output_dir else _folder(cfg.prompt) / f"eval-{task.name}-{cfg.split}"
     result = {"task": task.name, "split": cfg.split, "examples": len(examples), "metrics": r.metrics}
     if acc.is_main_process:
         atomic_write_jsonl(out / f"predictions_{cfg.split}.jsonl", r.rows)
         atomic_write_json(out / "metrics.json", result)
-        common.write_stage(out, "evaluate", cfg)
+        common.write_stage(out, "evaluate", cfg, tasks=[task])
     return result
 
 
@@ -137,13 +144,24 @@ def read_predict_input(path: Path, task) -> list[Example]:
     return examples
 
 
+def label_scores(labels: list[str], logprobs: list[float]) -> dict[str, dict[str, float]]:
+    """{label: {"logprob": summed token log-prob, "prob": softmax over the labels}}, in label order."""
+    probs = torch.tensor(logprobs, dtype=torch.float64).softmax(0).tolist()
+    return {c: {"logprob": lp, "prob": p} for c, lp, p in zip(labels, logprobs, probs)}
+
+
 def run_predict(cfg: PredictConfig) -> list[dict]:
-    acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data, cfg.allow_pickle)
+    acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data, cfg.allow_pickle,
+                                                      check_data=False)  # needs the template and labels only
     examples = read_predict_input(Path(cfg.input), task)
-    preds = predict(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc)
-    rows = prediction_rows(task, examples, preds)
-    for r in rows:
+    ranked = task.kind == TaskKind.CLASSIFICATION
+    preds = predict(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc,
+                    with_scores=ranked)
+    rows = prediction_rows(task, examples, [p for p, _ in preds] if ranked else preds)
+    for r, e, p in zip(rows, examples, preds):
         r.pop("target", None)
+        if ranked:
+            r["scores"] = label_scores(task.choices(e), p[1])
     if acc.is_main_process:
         atomic_write_jsonl(cfg.output, rows)
     return rows

@@ -28,8 +28,9 @@ from ..config import ConfigError, ModelConfig
 from ..prompts import load_module, load_prompt, save_module
 from ..prompts.decomposed import DecomposedPrompt
 from ..prompts.peft_format import PeftExportMode, export_multitask, export_prompt_tuning, import_peft
+from ..tasks.resolve import copy_definitions
 from . import common
-from .evaluate import _model_for
+from .evaluate import _folder, _model_for
 
 
 @dataclass
@@ -106,6 +107,8 @@ def run(cfg: ExportPeftConfig) -> dict:
                 table = prompt()  # [K, l, d]: each task's prompt, materialised
             for task, folder in folders.items():
                 export_prompt_tuning(table[names.index(task)], folder, kind, model.name, task)
+                copy_definitions(_folder(cfg.prompt), folder, [task])
+    copy_definitions(_folder(cfg.prompt), out, written)  # user tasks' definitions travel with the prompt
     mode = {"mode": cfg.mode.value} if cfg.direction == "export" else {}
     summary = {"direction": cfg.direction, **mode, "output_dir": str(out), "tasks": written, "kind": meta.kind,
                "length": meta.length, "dim": meta.dim, "rank": meta.rank, "backbone": model.name}

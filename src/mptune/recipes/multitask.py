@@ -12,7 +12,7 @@ import torch
 from ..config import ConfigError, DataConfig, _check
 from ..data import Feature, LazyFeatures, ShuffledBatches, TaskMixingBatches, TextEncoder
 from ..evaluation import evaluate
-from ..tasks import Example, Task, get_task
+from ..tasks import Example, Task
 from ..utils import atomic_write_jsonl
 from . import common
 
@@ -22,7 +22,8 @@ class SamplingConfig:
     """How a batch draws on several tasks."""
 
     mode: Literal["sample", "concat"] = "sample"
-    """sample: each step draws K tasks and fills the batch from them (the paper); concat: shuffle all tasks together."""
+    """sample: each step draws K tasks and fills the batch from them (stochastic task sampling, as the README
+    describes MPT; not checked against the paper); concat: shuffle all tasks together (ATTEMPT's multi-task mixing)."""
     k_min: int = 2
     """Fewest tasks per batch (capped at the number of tasks)."""
     k_max: Optional[int] = None
@@ -44,11 +45,13 @@ class MultiTaskData:
     dev: list[list[Example]]
     features: Sequence[Feature] = field(default_factory=list)
 
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
     @classmethod
-    def load(cls, names: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
-        if len(set(names)) != len(names):
-            raise ConfigError(f"tasks: duplicate task names in {list(names)}")
-        tasks = [get_task(n) for n in names]
+    def load(cls, specs: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
+        tasks = common.resolve_tasks(specs, data, "tasks")  # registry names or task files
         train = [common.train_examples(t, data, sample_seed) for t in tasks]
         dev = [common.eval_examples(t, "dev", data) for t in tasks]
         feats = LazyFeatures([(e, k) for k, ex in enumerate(train) for e in ex], encoder)
@@ -123,6 +126,6 @@ def save_decomposed(stage: str, cfg, result, tasks: Sequence[str], rank: int, gr
     if accelerator.is_main_process:
         save_prompt(out / "prompt.safetensors", best.state_tensors(), best.meta(backbone.name))
         atomic_write_json(out / "metrics.json", metrics)
-        common.write_stage(out, stage, cfg)
+        common.write_stage(out, stage, cfg, tasks=data.tasks)
     accelerator.wait_for_everyone()
     return metrics

@@ -56,9 +56,9 @@ class PipelineConfig:
     model: ModelConfig
     """The frozen backbone."""
     sources: list[str]
-    """Source tasks (teachers + distillation)."""
+    """Source tasks (teachers + distillation): registry names or task files (.yaml/.yml/.json)."""
     targets: list[str]
-    """Target tasks."""
+    """Target tasks: registry names or task files."""
     output_dir: str
     """Root folder of all stage folders and the summary."""
     methods: list[Method] = field(default_factory=lambda: ["pt", "spot", "mpt"])
@@ -111,13 +111,16 @@ class Run:
 
 def run(cfg: PipelineConfig) -> dict:
     out = Path(cfg.output_dir)
+    # stage folders are named by task name (a task file's `name`); every file is checked before anything is written
+    names = {s: t.name for key in ("sources", "targets") for s, t in
+             zip(getattr(cfg, key), common.resolve_tasks(getattr(cfg, key), cfg.data, key))}
     common.write_stage(out, "run-started", cfg)
     needs_teachers = any(m != "pt" for m in cfg.methods)
     teachers = out / "teachers"
     if needs_teachers:
         for task in cfg.sources:
-            _stage(teachers / task, "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
-                model=cfg.model, task=task, output_dir=str(teachers / task), prompt=cfg.prompt, data=cfg.data,
+            _stage(teachers / names[task], "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
+                model=cfg.model, task=task, output_dir=str(teachers / names[task]), prompt=cfg.prompt, data=cfg.data,
                 train=cfg.teacher_train))
     for variant in sorted({SOURCE_VARIANT[m] for m in cfg.methods if m in SOURCE_VARIANT}):
         folder = out / "source" / variant
@@ -134,8 +137,8 @@ def run(cfg: PipelineConfig) -> dict:
         for seed in cfg.seeds:
             train = dataclasses.replace(cfg.target_train, seed=seed)
             for method in cfg.methods:  # splits stay fixed (data.seed); the seed varies init, order, few-shot draw
-                runs += _targets(cfg, method, setting, seed, data, train, out)
-    summary = summarize(cfg, runs)
+                runs += _targets(cfg, method, setting, seed, data, train, out, names)
+    summary = summarize(cfg, runs, [names[t] for t in cfg.targets])
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", summary["markdown"])
     common.write_stage(out, "run", cfg)
@@ -151,7 +154,7 @@ def _stage(folder: Path, stage: str, fn, cfg) -> None:
 
 
 def _targets(cfg: PipelineConfig, method: str, setting: str, seed: int, data: DataConfig, train: TrainConfig,
-             out: Path) -> list[Run]:
+             out: Path, names: dict[str, str]) -> list[Run]:
     base = out / "targets" / setting.replace("=", "") / method / f"seed-{seed}"
     if method in ("pt", "spot"):
         runs = []
@@ -159,9 +162,9 @@ def _targets(cfg: PipelineConfig, method: str, setting: str, seed: int, data: Da
             prompt = cfg.prompt
             if method == "spot":
                 prompt = dataclasses.replace(cfg.prompt, init=PromptInit.prompts,
-                                             init_from=[str(out / "teachers" / s)
+                                             init_from=[str(out / "teachers" / names[s])
                                                         for s in ([cfg.spot_source] if cfg.spot_source else cfg.sources)])
-            folder = base / task
+            folder = base / names[task]
             _stage(folder, "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
                 model=cfg.model, task=task, output_dir=str(folder), prompt=prompt, data=data, train=train))
             runs.append(Run(method, setting, seed, folder))
@@ -170,7 +173,7 @@ def _targets(cfg: PipelineConfig, method: str, setting: str, seed: int, data: Da
     groups = [cfg.targets] if method == "mpt_multi" else [[t] for t in cfg.targets]
     runs = []
     for tasks in groups:
-        folder = base / ("+".join(tasks) if len(tasks) > 1 else tasks[0])
+        folder = base / "+".join(names[t] for t in tasks)
         _stage(folder, "adapt", adapt.run, adapt.AdaptConfig(
             tasks=tasks, output_dir=str(folder), source=str(source), model=cfg.model, rank=cfg.rank,
             init=cfg.adapt.init, lr_shared=cfg.adapt.lr_shared, lr_task=cfg.adapt.lr_task,
@@ -190,8 +193,8 @@ def _run_scores(r: Run) -> tuple[dict[str, float], int, int]:
     return {m["task"]: m["test"]["score"]}, m["trainable_params"], m["backbone_params"]
 
 
-def summarize(cfg: PipelineConfig, runs: list[Run]) -> dict:
-    """Per (setting, method): per-task mean ± std over seeds, task average, params per task."""
+def summarize(cfg: PipelineConfig, runs: list[Run], targets: list[str]) -> dict:
+    """Per (setting, method): per-task mean ± std over seeds, task average, params per task (`targets`: names)."""
     table: dict = {}
     for r in runs:
         scores, per_task, backbone = _run_scores(r)
@@ -199,28 +202,28 @@ def summarize(cfg: PipelineConfig, runs: list[Run]) -> dict:
                                                                       "backbone_params": backbone})
         for task, s in scores.items():
             cell["scores"].setdefault(task, {}).setdefault(str(r.seed), s)
-    result = {"targets": cfg.targets, "seeds": cfg.seeds, "settings": {}}
+    result = {"targets": targets, "seeds": cfg.seeds, "settings": {}}
     lines = []
     for setting, methods in table.items():
         lines += [f"### Target tasks — {'full data' if setting == 'full' else 'few-shot ' + setting} "
                   f"(test score, mean ± std over {len(cfg.seeds)} seed(s))", "",
-                  "| method | " + " | ".join(cfg.targets) + " | avg | params/task | % of backbone |",
-                  "|---" * (len(cfg.targets) + 4) + "|"]
+                  "| method | " + " | ".join(targets) + " | avg | params/task | % of backbone |",
+                  "|---" * (len(targets) + 4) + "|"]
         res = result["settings"][setting] = {}
         for method, cell in methods.items():
             per_task = {}
-            for task in cfg.targets:
+            for task in targets:
                 vals = list(cell["scores"].get(task, {}).values())
                 per_task[task] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
                                   "per_seed": cell["scores"].get(task, {})} if vals else None
-            seed_avgs = [statistics.fmean(cell["scores"][t][s] for t in cfg.targets)
-                         for s in map(str, cfg.seeds) if all(s in cell["scores"].get(t, {}) for t in cfg.targets)]
+            seed_avgs = [statistics.fmean(cell["scores"][t][s] for t in targets)
+                         for s in map(str, cfg.seeds) if all(s in cell["scores"].get(t, {}) for t in targets)]
             avg = {"mean": statistics.fmean(seed_avgs), "std": statistics.pstdev(seed_avgs) if len(seed_avgs) > 1 else 0.0}
             pct = 100.0 * cell["params_per_task"] / cell["backbone_params"]
             res[method] = {"tasks": per_task, "average": avg, "params_per_task": cell["params_per_task"],
                            "percent_of_backbone": pct}
             fmt = lambda v: "—" if v is None else (f"{v['mean']:.1f} ± {v['std']:.1f}" if len(cfg.seeds) > 1 else f"{v['mean']:.1f}")
-            lines.append(f"| {method} | " + " | ".join(fmt(per_task[t]) for t in cfg.targets) +
+            lines.append(f"| {method} | " + " | ".join(fmt(per_task[t]) for t in targets) +
                          f" | {fmt(avg)} | {cell['params_per_task']:,} | {pct:.4f}% |")
         lines.append("")
     result["markdown"] = "\n".join(lines)

@@ -18,8 +18,8 @@ from ..engine import Trainer
 from ..evaluation import evaluate
 from ..losses import TokenNLL
 from ..prompts.io import save_module
-from ..prompts.soft import SoftPrompt, init_prompt_vectors
-from ..tasks import get_task
+from ..prompts.init import init_prompt_vectors
+from ..prompts.soft import SoftPrompt
 from ..utils import atomic_write_json, atomic_write_jsonl, seed_everything
 from . import common
 
@@ -31,7 +31,7 @@ class PromptTuneConfig:
     model: ModelConfig
     """The frozen backbone."""
     task: str
-    """Task name in the registry (see `mptune tasks`)."""
+    """Task name in the registry (see `mptune tasks`), or a task file (.yaml/.yml/.json definition)."""
     output_dir: str
     """Folder for prompt, metrics, predictions, log and checkpoints."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -49,7 +49,7 @@ def run(cfg: PromptTuneConfig) -> dict:
     out = Path(cfg.output_dir)
     seed_everything(cfg.train.seed)
     acc = common.make_accelerator(cfg.train.mixed_precision)
-    task = get_task(cfg.task)
+    task = common.resolve_tasks([cfg.task], cfg.data, "task")[0]
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
     train = common.train_examples(task, cfg.data, cfg.train.seed)
@@ -59,7 +59,7 @@ def run(cfg: PromptTuneConfig) -> dict:
     g = torch.Generator().manual_seed(cfg.train.seed)
     init = init_prompt_vectors(cfg.prompt, backbone.model.get_input_embeddings(), backbone.tokenizer, g)
     prompt = SoftPrompt(cfg.prompt.length, backbone.hidden_size, init).to(acc.device)
-    nll = TokenNLL()
+    nll = TokenNLL(cfg.train.token_reduction)
 
     def make_batch(idx: list[int]) -> dict:
         b = collate([feats[i] for i in idx], backbone.kind, backbone.pad_id)
@@ -96,6 +96,6 @@ def run(cfg: PromptTuneConfig) -> dict:
     if acc.is_main_process:
         save_module(out / "prompt.safetensors", best, backbone.name)
         atomic_write_json(out / "metrics.json", metrics)
-        common.write_stage(out, "prompt-tune", cfg)
+        common.write_stage(out, "prompt-tune", cfg, tasks=[task])
     acc.wait_for_everyone()
     return metrics

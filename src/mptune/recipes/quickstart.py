@@ -117,15 +117,17 @@ def run(cfg: QuickstartConfig) -> dict:
 
     # 1. assets
     from .. import assets
+    from ..tasks import assets_for
 
     t0 = time.time()
     model = cfg.model or str(assets.smollm2_model_dir(cfg.cache))
-    data_dir = str(Path(cfg.data_dir).expanduser()) if cfg.data_dir else str(assets.data_dir(cfg.cache))
+    body, optional, where = load_profile(cfg)
+    needed = assets_for([*(body.get("sources") or []), *(body.get("targets") or []), *optional])
+    data_dir = str(Path(cfg.data_dir).expanduser()) if cfg.data_dir else str(assets.data_dir(cfg.cache, needed))
     t_assets = time.time() - t0
     _say(f"model: {model}\n         data:  {data_dir}  (assets ready in {t_assets:.1f}s)")
 
     # 2. the pipeline config
-    body, optional, where = load_profile(cfg)
     targets = list(body.get("targets") or [])
     skipped = {}
     for name in optional:

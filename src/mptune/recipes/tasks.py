@@ -1,18 +1,51 @@
-"""`mptune tasks`: the registry as a table."""
+"""`mptune tasks`: the registry as a table; `mptune tasks check=FILE`: validate a task file."""
 
 from __future__ import annotations
 
-from ..tasks import list_tasks
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..tasks import TaskDefinitionError, list_tasks
+from ..tasks.resolve import TASK_FILE_SUFFIXES, TaskCheck, check_task, load_task_file, resolve_task
 
 
-def list_tasks_cmd(cfg) -> list[dict]:
+@dataclass
+class TasksConfig:
+    """List the task registry: group, source, sizes and metrics; or check a task file (check=FILE)."""
+
+    group: Optional[str] = None
+    """Only tasks of this group (glue, superglue, mrqa, others, ...)."""
+    data_dir: Optional[str] = None
+    """Folder of original files: count examples from the files found there (and where a task file's relative
+    data paths are looked up first)."""
+    check: Optional[str] = None
+    """A task file (.yaml/.yml/.json) or registry name to validate without a model: paper split sizes, one
+    rendered example per split, the label words, and every problem with file:line and key."""
+
+
+def check_cmd(cfg: TasksConfig) -> TaskCheck:
+    """Print the check of a task file (or registry task); its problems, if any, end in a TaskDefinitionError."""
+    f = Path(cfg.check).expanduser()
+    if f.suffix.lower() in TASK_FILE_SUFFIXES and f.is_file():
+        report = load_task_file(f, cfg.data_dir)
+    else:  # a registry name; or a missing / wrong file, which resolve_task reports
+        report = check_task(resolve_task(cfg.check, cfg.data_dir, check_data=False, key="check"), cfg.data_dir)
+    print(report.render())
+    if report.problems:
+        raise TaskDefinitionError(f"{len(report.problems)} problem(s) in {report.origin or cfg.check} (listed above)")
+    return report
+
+
+def list_tasks_cmd(cfg: TasksConfig):
+    if cfg.check:
+        return check_cmd(cfg)
     rows = []
     for t in list_tasks():
         if cfg.group and t.group != cfg.group:
             continue
-        sizes = t.sizes(cfg.data_dir) if hasattr(t, "sizes") else {}
-        rows.append({"name": t.name, "group": t.group, "kind": t.kind.value, "source": t.source_label()
-                     if hasattr(t, "source_label") else "", "sizes": sizes, "metrics": ",".join(t.metrics)})
+        rows.append({"name": t.name, "group": t.group, "kind": t.kind.value, "source": t.source_label(),
+                     "sizes": t.sizes(cfg.data_dir), "metrics": ",".join(t.metrics)})
     if not rows:
         print(f"no tasks in group {cfg.group!r}")
         return rows

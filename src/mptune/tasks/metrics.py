@@ -11,6 +11,12 @@ kind of input it takes:
 * ``"group"``  ``fn(preds: list[int], golds: list[int], groups: list[str])`` --
   MultiRC (answer options grouped by question).
 
+:func:`score` scores a task's predictions with all its metrics: classification
+-> ``int`` index into ``task.choices(ex)`` (a generated ``str`` is matched against
+the choices; no match counts as wrong); generation -> the generated ``str``;
+regression -> the generated ``str`` parsed as T5 does (unparsable -> ``-1.0``) or
+a number.
+
 scikit-learn / scipy compute accuracy, F1, macro-F1, Matthews correlation,
 Pearson and Spearman; the SQuAD normalisation, EM and F1 follow the official
 SQuAD v1.1 evaluation script (ReCoRD's official script uses the same ones).
@@ -19,14 +25,19 @@ SQuAD v1.1 evaluation script (ReCoRD's official script uses the same ones).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import string
 from collections import Counter, defaultdict
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
+
+if TYPE_CHECKING:
+    from .base import Task
+    from .records import Example
 
 
 def fix_invalid(preds: list[int], golds: list[int]) -> list[int]:
@@ -176,3 +187,43 @@ def string_to_float(s: str, default: float = -1.0) -> float:
         return float(str(s).strip())
     except ValueError:
         return default
+
+
+def score(task: "Task", examples: list["Example"], predictions: list) -> dict[str, float]:
+    """Every metric of ``task`` (0..100) plus ``score``, the mean of its ``score_metrics``."""
+    if len(examples) != len(predictions):
+        raise ValueError(f"{task.name}: {len(predictions)} predictions for {len(examples)} examples")
+    kind = task.kind.value
+    if kind in ("classification", "regression") and any(ex.label is None for ex in examples):
+        raise ValueError(f"{task.name}: cannot score unlabeled examples")
+    golds = [ex.label for ex in examples]
+    if kind == "classification":
+        idx = [choice_index(task.choices(ex) or [], p) for ex, p in zip(examples, predictions)]
+        texts = [task.choices(ex)[i] if i >= 0 else (p if isinstance(p, str) else "")
+                 for ex, i, p in zip(examples, idx, predictions)]
+        inputs = {"label": (idx, golds), "group": (idx, golds, [ex.group for ex in examples]),
+                  "text": (texts, [ex.answers or [ex.target] for ex in examples])}
+    elif kind == "regression":
+        inputs = {"value": ([float(p) if isinstance(p, numbers.Number) else string_to_float(p)
+                             for p in predictions], golds)}
+    else:
+        answers = [ex.answers or ([ex.target] if ex.target else []) for ex in examples]
+        inputs = {"text": (["" if p is None else str(p) for p in predictions], answers)}
+    out = {m: float(METRICS[m][0](*inputs[METRICS[m][1]])) for m in task.metrics}
+    used = task.score_metrics or task.metrics
+    out["score"] = sum(out[m] if m in out else METRICS[m][0](*inputs[METRICS[m][1]]) for m in used) / len(used)
+    return out
+
+
+def choice_index(options: list[str], p: Any) -> int:
+    """A prediction -> index into ``options``: an in-range int, or a generated string matching
+    an option (exactly, else ignoring case and surrounding space); -1 otherwise."""
+    if isinstance(p, numbers.Integral) and not isinstance(p, bool):
+        return int(p) if 0 <= int(p) < len(options) else -1
+    if isinstance(p, str):
+        s = p.strip()
+        for cmp in (lambda c: c == s, lambda c: c.strip().lower() == s.lower()):
+            hits = [i for i, c in enumerate(options) if cmp(c)]
+            if hits:
+                return hits[0]
+    return -1

@@ -8,6 +8,10 @@ SQuAD's files are the official ``squad/{train,dev}-v1.1.json``; the dev set is
 also found as BIG-bench's re-serialised copy (``bigbench/squad_shifts/
 squaddev_v1.1.json``: 10,565 of the 10,570 questions) when the official file is
 absent. MRQA loads from the Hub (``mrqa``, filtered by its ``subset`` column).
+
+SQuAD-Shifts NYT (Miller et al., 2020; asset ``squad_shifts``) is one file, so its
+``validation`` is a fixed hold-out of whole articles (``Task.holdout``), halved
+into dev / test; its template is an instruction for a small causal LM.
 """
 
 from .base import Source, Task, TaskKind
@@ -39,3 +43,19 @@ NQ = mrqa("nq", "NaturalQuestionsShort", {"train": 104071, "validation": 12836},
 HOTPOTQA = mrqa("hotpotqa", "HotpotQA", {"train": 72928, "validation": 5901})
 SEARCHQA = mrqa("searchqa", "SearchQA", {"train": 117384, "validation": 16980})
 NEWSQA = mrqa("newsqa", "NewsQA", {"train": 74160, "validation": 4212})
+
+
+def _by_article(row: dict) -> dict:
+    row["group"] = row.get("title") or row["context"][:80]
+    return row
+
+
+SQUAD_SHIFTS_NYT = register_task(Task(
+    name="squad_shifts_nyt", group="qa", kind=G,
+    source=Source(files={"all": "bigbench/squad_shifts/nyt_v1.0.json"}, format="squad"),
+    template="Context: {context}\nQuestion: {question}\nAnswer with a short span copied from the context.\n"
+             "Answer:",
+    metrics=("squad_em", "squad_f1"), score_metrics=("squad_f1",), prepare=_by_article, grouped=True,
+    split="small", holdout=1000, asset="squad_shifts",
+    description="SQuAD-Shifts (Miller et al., 2020) New York Times articles, SQuAD v1.1 format via BIG-bench; "
+                "held out by article"), aliases=("squadshifts_nyt", "nyt_qa"))

@@ -1,8 +1,9 @@
 """Readers for the original release formats of the task files.
 
 Every reader returns ``[(where, row), ...]`` where ``where`` is the 1-based line
-number of the row (tsv, csv, jsonl) or the question id (SQuAD json), and ``row``
-a dict of the raw fields. Bad input never gets dropped silently: a missing
+number of the row (tsv, csv, jsonl; for a BIG-bench ``task.json`` the line its
+example starts on) or the question id (SQuAD json), and ``row`` a dict of the
+raw fields. Bad input never gets dropped silently: a missing
 column, a row with the wrong number of fields (wrong delimiter, truncated line),
 invalid JSON or an empty file raise :class:`DataError` whose message starts with
 ``file:line`` and says what was expected.
@@ -15,16 +16,20 @@ column names from ``fieldnames``.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..errors import MptuneError
 
 Rows = list[tuple[Any, dict[str, Any]]]
 
 
-class DataError(ValueError):
+class DataError(MptuneError, ValueError):
     """A data file (or row) does not have the expected shape; message names file:line."""
 
 
@@ -109,6 +114,15 @@ def read_csv(path: str | os.PathLike, fieldnames: list[str] | tuple[str, ...] | 
     return rows
 
 
+def _json(path: Path, text: str, expected: str, line: int | None = None) -> Any:
+    """``json.loads(text)``; invalid JSON raises DataError at ``path:line`` (default: the error's line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line or e.lineno}: invalid JSON ({e.msg} at column {e.colno}); "
+                        f"expected {expected}") from None
+
+
 def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Rows:
     """One JSON object per line; ``required`` keys (dotted paths allowed) must be present."""
     path = Path(path)
@@ -117,11 +131,7 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Rows:
     for i, line in enumerate(_lines(path), 1):
         if not line.strip():
             raise DataError(f"{path}:{i}: blank line, expected a JSON object")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno}); "
-                            "expected one JSON object per line") from None
+        obj = _json(path, line, "one JSON object per line", i)
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
         for key in required:
@@ -175,6 +185,56 @@ def read_squad(path: str | os.PathLike) -> Rows:
     return rows
 
 
+def read_bigbench(path: str | os.PathLike) -> Rows:
+    """BIG-bench ``task.json`` -> one row per entry of its ``examples`` list (``input``,
+    ``target_scores``, ...), ``where`` being the line the example starts on.
+
+    Invalid JSON, a document without an ``examples`` list, or an example that is not an
+    object with a string ``input`` raise DataError naming ``file:line``.
+    """
+    path = Path(path)
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: empty file, expected a BIG-bench task.json")
+    doc = _json(path, text, "a BIG-bench task.json")
+    if not isinstance(doc, dict) or not isinstance(doc.get("examples"), list):
+        raise DataError(f"{path}:1: no 'examples' list; expected a BIG-bench task.json "
+                        "{'examples': [{'input': ..., 'target_scores': {...}}, ...]}")
+    if not doc["examples"]:
+        raise DataError(f"{path}: the 'examples' list is empty")
+    newlines = [m.start() for m in re.finditer("\n", text)]
+    rows = [(bisect.bisect(newlines, pos) + 1, ex) for pos, ex in zip(_example_starts(text), doc["examples"])]
+    for line, ex in rows:
+        if not isinstance(ex, dict) or not isinstance(ex.get("input"), str):
+            raise DataError(f"{path}:{line}: expected an example object with a string 'input', got "
+                            f"{json.dumps(ex)[:80]}")
+    return rows
+
+
+def _example_starts(text: str) -> list[int]:
+    """Where each element of the top-level ``examples`` array of a valid JSON object starts
+    (the last ``examples`` key wins, as in ``json.loads``)."""
+    dec, ws = json.JSONDecoder(), re.compile(r"[ \t\r\n]*")
+    skip = lambda i: ws.match(text, i).end()  # noqa: E731
+    starts: list[int] = []
+    i = skip(skip(0) + 1)  # past "{"
+    while text[i] != "}":
+        key, i = dec.raw_decode(text, i)
+        i = skip(skip(i) + 1)  # past ":"
+        if key == "examples" and text[i] == "[":
+            starts, i = [], skip(i + 1)
+            while text[i] != "]":
+                starts.append(i)
+                i = skip(dec.raw_decode(text, i)[1])
+                i = skip(i + 1) if text[i] == "," else i
+            i += 1
+        else:
+            i = dec.raw_decode(text, i)[1]
+        i = skip(i)
+        i = skip(i + 1) if text[i] == "," else i
+    return starts
+
+
 def get_path(obj: dict, key: str) -> Any:
     """``obj['a']['b']`` for ``key='a.b'`` (KeyError if absent)."""
     for part in key.split("."):
@@ -184,7 +244,7 @@ def get_path(obj: dict, key: str) -> Any:
     return obj
 
 
-FORMATS = {"tsv": read_tsv, "csv": read_csv, "jsonl": read_jsonl, "squad": read_squad}
+FORMATS = {"tsv": read_tsv, "csv": read_csv, "jsonl": read_jsonl, "squad": read_squad, "bigbench": read_bigbench}
 
 
 def infer_format(path: str | os.PathLike) -> str:
@@ -205,6 +265,6 @@ def read_rows(path: str | os.PathLike, fmt: str | None = None, fieldnames=None, 
         return read_csv(path, fieldnames, required)
     if fmt == "jsonl":
         return read_jsonl(path, required)
-    if fmt == "squad":
-        return read_squad(path)
+    if fmt in ("squad", "bigbench"):  # documents with a fixed layout, checked by their reader
+        return FORMATS[fmt](path)
     raise DataError(f"{path}: unknown format {fmt!r}; expected one of {sorted(FORMATS)}")

@@ -14,6 +14,10 @@ released ``train`` and ``validation`` sets, shuffled with a fixed seed (42):
 * ``"auto"``: ``"small"`` when the training set has fewer than 10,000 examples,
   else ``"large"``.
 
+A set released as one file (VADER, BIG-bench, SQuAD-Shifts) first gets a
+``validation`` split from :func:`hold_out`: a fixed seeded hold-out of whole
+groups, the rest being ``train``; the policies above then apply.
+
 The shuffle is ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))``,
 exactly as ATTEMPT's ``shuffled_indices``, so the same rows land in dev / test as
 in the reference code (for the same raw row order). Derived splits keep that
@@ -29,11 +33,13 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from .base import Example
+    from .records import Example
 
+PAPER_SPLITS = ("train", "dev", "test")
 SMALL_LIMIT = 10_000
 LARGE_DEV_SIZE = 1_000
 POLICIES = ("auto", "small", "large", "given")
+HOLDOUT_SEED = 0  # the hold-out of one-file releases: fixed, independent of the run seed
 
 
 def permutation(n: int, seed: int) -> list[int]:
@@ -45,14 +51,14 @@ def permutation(n: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def _units(examples: Sequence["Example"]) -> list[list[int]]:
+def units(examples: Sequence["Example"]) -> list[list[int]]:
     """Indices of examples grouped into split units (one per group, else one per example)."""
     if not any(ex.group for ex in examples):
         return [[i] for i in range(len(examples))]
-    units: dict[str, list[int]] = {}
+    by_group: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
-        units.setdefault(ex.group or f"#{i}", []).append(i)
-    return list(units.values())
+        by_group.setdefault(ex.group or f"#{i}", []).append(i)
+    return list(by_group.values())
 
 
 def cut(examples: Sequence["Example"], first: int | None, seed: int) -> tuple[list, list]:
@@ -60,13 +66,34 @@ def cut(examples: Sequence["Example"], first: int | None, seed: int) -> tuple[li
 
     Returns ``(head, rest)`` as example lists in shuffled order.
     """
-    units = _units(examples)
-    order = permutation(len(units), seed)
-    k = len(units) // 2 if first is None else first
-    if k > len(units):
-        raise ValueError(f"cannot hold out {k} of {len(units)} examples")
-    pick = lambda idx: [examples[i] for u in idx for i in units[u]]  # noqa: E731
+    groups = units(examples)
+    order = permutation(len(groups), seed)
+    k = len(groups) // 2 if first is None else first
+    if k > len(groups):
+        raise ValueError(f"cannot hold out {k} of {len(groups)} examples")
+    pick = lambda idx: [examples[i] for u in idx for i in groups[u]]  # noqa: E731
     return pick(order[:k]), pick(order[k:])
+
+
+def hold_out(examples: Sequence["Example"], size: int) -> tuple[list, list]:
+    """(rest, held): about ``size`` examples in whole split units taken in the order of a fixed
+    permutation (:data:`HOLDOUT_SEED`; a fifth of the examples when there are fewer than
+    ``2 * size``), and the others; both in the original order. ValueError if nothing would
+    be left to train on."""
+    want = size if len(examples) >= 2 * size else len(examples) // 5
+    groups = units(examples)
+    taken, held = 0, set()
+    for u in permutation(len(groups), HOLDOUT_SEED):  # whole units until the hold-out is full
+        if taken >= max(want, 2):
+            break
+        held.add(u)
+        taken += len(groups[u])
+    if taken >= len(examples):
+        raise ValueError(f"only {len(examples)} rows in {len(groups)} group(s); too few to hold out a "
+                         "validation set")
+    pick = lambda keep: [examples[i] for i in sorted(i for u in range(len(groups))  # noqa: E731
+                                                     if (u in held) == keep for i in groups[u])]
+    return pick(False), pick(True)
 
 
 def subsample(examples: Sequence["Example"], limit: int, seed: int) -> list:

@@ -11,7 +11,9 @@ import json
 import pytest
 
 from mptune.tasks import DataError, get_task
-from mptune.tasks.quickstart import QUICKSTART_TASKS, VADER_NEUTRAL_BAND, read_bigbench
+from mptune.tasks import ASSET_TASKS as QUICKSTART_TASKS
+from mptune.tasks.readers import read_bigbench
+from mptune.tasks.vader import NEUTRAL_BAND as VADER_NEUTRAL_BAND
 
 # task -> MANIFEST path of its file
 FILES = {
