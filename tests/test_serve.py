@@ -30,6 +30,8 @@ from mptune.cli import main  # noqa: E402
 from mptune.prompts import PromptMeta, save_prompt  # noqa: E402
 from mptune.prompts.decomposed import DecomposedPrompt  # noqa: E402
 from mptune.prompts.peft_format import export_multitask, export_prompt_tuning  # noqa: E402
+from mptune.tasks import resolve_task  # noqa: E402
+from mptune.tasks.resolve import save_definitions  # noqa: E402
 
 D, L = 32, 4  # tiny models' width; prompt length
 LIMITS = ["data.max_source_length=48", "data.max_target_length=6"]
@@ -42,7 +44,11 @@ INPUTS = {  # rows as in predict's input file: template fields, or "source"
             {"source": "rte sentence1: dog sentence2: cat"}, {"sentence1": "a", "sentence2": "b c d"}],
     "squad": [{"question": "who wrote the book ?", "context": "the book was written by ada in 1843"},
               {"source": "question: who ? context: ada"}],
+    "urgency": [{"text": "site down"},  # a user task (examples/own_task)
+                {"source": "ticket: new avatar? urgency:"}],
 }
+OWN_TASK = Path(__file__).resolve().parents[1] / "examples" / "own_task" / "urgency.yaml"
+FOLDER_OF = {"sst2": "sst2", "rte": "multi", "squad": "multi", "urgency": "urgency"}
 
 
 # -- folders -------------------------------------------------------------------------------
@@ -55,9 +61,9 @@ def _stage(folder: Path, model_dir: Path, tensors: dict, meta: PromptMeta) -> Pa
 
 
 def make_folders(root: Path, model_dir: Path) -> dict[str, Path]:
-    """sst2 (soft), multi (decomposed: rte + squad), stsb (soft, another length), peft (multi exported as
-    MULTITASK_PROMPT_TUNING), peft_rte (its rte row as PROMPT_TUNING), run (a pipeline-run-like tree holding
-    copies of sst2 and multi)."""
+    """sst2 (soft), multi (decomposed: rte + squad), urgency (soft, a user task whose definition the folder
+    keeps), stsb (soft, another length), peft (multi exported as MULTITASK_PROMPT_TUNING), peft_rte (its rte
+    row as PROMPT_TUNING), run (a pipeline-run-like tree holding copies of sst2 and multi)."""
     g = torch.Generator().manual_seed(0)
     m = str(model_dir)
     sst2 = {"prompt": torch.randn(L, D, generator=g)}
@@ -66,7 +72,10 @@ def make_folders(root: Path, model_dir: Path) -> dict[str, Path]:
     f = {"sst2": _stage(root / "sst2", model_dir, sst2, PromptMeta("soft", m, L, D, ["sst2"])),
          "multi": _stage(root / "multi", model_dir, multi.state_tensors(), multi.meta(m)),
          "stsb": _stage(root / "stsb", model_dir, {"prompt": torch.randn(L + 2, D, generator=g)},
-                        PromptMeta("soft", m, L + 2, D, ["stsb"]))}
+                        PromptMeta("soft", m, L + 2, D, ["stsb"])),
+         "urgency": _stage(root / "urgency", model_dir, {"prompt": torch.randn(L, D, generator=g)},
+                           PromptMeta("soft", m, L, D, ["urgency"]))}
+    save_definitions(f["urgency"], [resolve_task(str(OWN_TASK), check_data=False)])
     kind = "seq2seq" if json.loads((model_dir / "config.json").read_text()).get("is_encoder_decoder") else "causal"
     f["peft"] = export_multitask(multi, root / "peft", kind, base_model=m)
     f["peft_rte"] = export_prompt_tuning(multi()[0].detach(), root / "peft_rte", kind, base_model=m, task="rte")
@@ -147,13 +156,14 @@ def serve(tmp: Path, *args: str, startup_s: float = 180):
 
 
 def same_output(got: dict, want_row: dict) -> None:
-    """A server output against a predict row: same label, or same generated text."""
+    """A server output against a predict row: same label and label scores, or same generated text."""
     if "label" in got:
         assert got["label"] == want_row["prediction"]
         assert got["label_index"] == want_row["prediction_index"]
-        probs = [s["prob"] for s in got["scores"].values()]
-        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
-        assert got["scores"][got["label"]]["logprob"] == max(s["logprob"] for s in got["scores"].values())
+        assert list(got["scores"]) == list(want_row["scores"])
+        for label, w in want_row["scores"].items():
+            assert got["scores"][label]["logprob"] == pytest.approx(w["logprob"], abs=1e-4)
+            assert got["scores"][label]["prob"] == pytest.approx(w["prob"], abs=1e-4)
     else:
         assert got["text"] == want_row["prediction"]
 
@@ -164,8 +174,9 @@ def same_output(got: dict, want_row: dict) -> None:
 def llama(tmp_path_factory, tiny_llama_dir):
     root = tmp_path_factory.mktemp("serve-llama")
     folders = make_folders(root, tiny_llama_dir)
-    want = {t: predict_rows(folders["sst2" if t == "sst2" else "multi"], t, root) for t in INPUTS}
-    with serve(root, f"prompts=[{folders['sst2']},{folders['multi']}]", f"prompts_dir={root / 'served'}",
+    want = {t: predict_rows(folders[FOLDER_OF[t]], t, root) for t in INPUTS}
+    with serve(root, f"prompts=[{folders['sst2']},{folders['multi']},{folders['urgency']}]",
+               f"prompts_dir={root / 'served'}",
                "max_inputs=8", "max_input_chars=400", "max_wait_ms=20") as s:
         yield s, folders, want, root
 
@@ -175,16 +186,17 @@ def test_lists_tasks_and_health(llama):
     listing = s.get("/tasks").json()
     assert listing["prefix_cache"] is True and "computed once per task" in listing["prompt_path"]
     tasks = {t["name"]: t for t in listing["tasks"]}
-    assert {"sst2", "rte", "squad"} <= set(tasks)
+    assert {"sst2", "rte", "squad", "urgency"} <= set(tasks)
     assert tasks["sst2"]["labels"] == ["negative", "positive"] and tasks["sst2"]["output"] == "label"
+    assert tasks["urgency"]["labels"] == ["routine", "urgent"]  # a user task: its definition came with the folder
     assert tasks["squad"]["output"] == "text" and tasks["rte"]["source"] == "multi"
     for _ in range(100):  # computed when loaded (on the model thread), not at the first request
         h = s.get("/health").json()
-        if h["kv_cache"]["resident_tasks"] >= 3:
+        if h["kv_cache"]["resident_tasks"] >= 4:
             break
         time.sleep(0.1)
     assert h["status"] == "ok" and h["backbone_kind"] == "causal"
-    assert h["kv_cache"]["resident_tasks"] >= 3 and h["kv_cache"]["misses"] == 3 and h["inputs_answered"] == 0
+    assert h["kv_cache"]["resident_tasks"] >= 4 and h["kv_cache"]["misses"] == 4 and h["inputs_answered"] == 0
 
 
 def test_answers_equal_mptune_predict(llama):
@@ -330,7 +342,7 @@ def test_hot_add_and_remove(llama):
     r = s.post("/predict", {"task": "similarity", "inputs": ["x"]})
     assert r.status_code == 404 and r.json()["error"]["field"] == "task"
     assert s.delete("/tasks/similarity").status_code == 404
-    assert {t["name"] for t in s.get("/tasks").json()["tasks"]} == {"sst2", "rte", "squad"}
+    assert {t["name"] for t in s.get("/tasks").json()["tasks"]} == {"sst2", "rte", "squad", "urgency"}
 
 
 def test_example_client(llama):

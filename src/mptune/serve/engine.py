@@ -22,13 +22,15 @@ from typing import Any, Optional
 import torch
 
 from ..data import Feature, TextEncoder, collate_choices, collate_source
+from ..errors import MptuneError
+from ..recipes.evaluate import label_scores
 from .prefix import PrefixAdapter, PrefixKV
 from .store import ServedTask
 
 log = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
+class InputError(MptuneError, ValueError):
     """One input of a request is unusable; `field` names it (e.g. ``inputs[2]``)."""
 
     def __init__(self, field: str, message: str):
@@ -208,11 +210,11 @@ class Engine:
         out = []
         for i, it in enumerate(part):
             s = scores[row_example == i]
-            probs = torch.softmax(s, 0)
             best = int(s.argmax())  # as predict: the first of equal scores
-            out.append({"label": it.task.choices[best], "label_index": best,
-                        "scores": {c: {"logprob": _finite(float(lp)), "prob": float(p)}
-                                   for c, lp, p in zip(it.task.choices, s, probs)}})
+            ranked = label_scores(it.task.choices, s.tolist())
+            for v in ranked.values():
+                v["logprob"] = _finite(v["logprob"])
+            out.append({"label": it.task.choices[best], "label_index": best, "scores": ranked})
         return out
 
     def _generate(self, part: list[Item]) -> list[dict]:

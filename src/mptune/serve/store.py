@@ -33,10 +33,11 @@ from typing import Callable, Optional
 
 import torch
 
+from ..errors import MptuneError
 from ..prompts import PromptFileError, load_prompt_module
 from ..prompts.peft_format import CONFIG_FILE as PEFT_CONFIG
 from ..prompts.peft_format import import_peft
-from ..tasks import Task, TaskKind, get_task
+from ..tasks import Task, TaskKind, resolve_task
 from ..utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ SOURCE_NAME = re.compile(r"^[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*$")
 _uids = itertools.count(1)
 
 
-class StoreError(ValueError):
+class StoreError(MptuneError, ValueError):
     """A source cannot be added or removed; `status` is the HTTP status that says why."""
 
     def __init__(self, message: str, status: int = 422, field: Optional[str] = None):
@@ -114,13 +115,15 @@ def read_prompts(unit: Path, backbone) -> tuple[list[str], torch.Tensor]:
         return list(meta.tasks), module().detach().float().cpu()
 
 
-def _task(name: str, folder: Path) -> Task:
+def _task(name: str, unit: Path) -> Task:
+    """The prompt's task: the definition its folder saved (a user task), else the registry's."""
+    folder = unit if unit.is_dir() else unit.parent
     try:
-        task = get_task(name)
-    except KeyError as e:
-        raise StoreError(f"{folder}: {e.args[0]}", 422, "path") from None
+        task = resolve_task(name, folder=folder, check_data=False, key="path")
+    except MptuneError as e:
+        raise StoreError(f"{unit}: {e}", 422, "path") from None
     if task.kind == TaskKind.CLASSIFICATION and not task.label_words:
-        raise StoreError(f"{folder}: task {name!r} takes its choices from each example (a prepare hook); the server "
+        raise StoreError(f"{unit}: task {name!r} takes its choices from each example (a prepare hook); the server "
                          "answers classification tasks with fixed label words and generation tasks", 422, "path")
     return task
 
