@@ -25,7 +25,7 @@ EXIT_PIPE = 128 + 13  # stdout closed by its reader: what a shell reports for a 
 
 
 def _commands() -> dict[str, tuple[type, Callable]]:
-    from .recipes import adapt, distill, evaluate, export_peft, pipeline, prompt_tune, quickstart, tasks
+    from .recipes import adapt, distill, evaluate, export_peft, pipeline, prompt_tune, quickstart, serve, tasks
 
     return {
         "prompt-tune": (prompt_tune.PromptTuneConfig, prompt_tune.run),
@@ -37,6 +37,7 @@ def _commands() -> dict[str, tuple[type, Callable]]:
         "predict": (evaluate.PredictConfig, evaluate.run_predict),
         "tasks": (tasks.TasksConfig, tasks.list_tasks_cmd),
         "export-peft": (export_peft.ExportPeftConfig, export_peft.run),
+        "serve": (serve.ServeConfig, serve.run),
     }
 
 
