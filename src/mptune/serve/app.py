@@ -209,10 +209,3 @@ def create_app(cfg, server: Optional[Server] = None) -> FastAPI:
         return (await synced()).health()
 
     return app
-
-
-def app_from_env() -> FastAPI:
-    """uvicorn factory for worker processes: the ServeConfig comes as JSON in $MPTUNE_SERVE_CONFIG."""
-    from ..recipes.serve import config_from_dict
-
-    return create_app(config_from_dict(json.loads(os.environ[CONFIG_ENV])))
