@@ -15,7 +15,6 @@ JSON, 404 unknown task or source, 409 name conflicts, 422 invalid fields or inpu
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from contextlib import asynccontextmanager
