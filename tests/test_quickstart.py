@@ -63,7 +63,7 @@ def test_quickstart_end_to_end(tmp_path, tiny_llama_dir, data, capsys):
     assert "sst2" in printed.err  # the optional GLUE targets are skipped, and said so
 
     res = json.loads((out / "results.json").read_text())
-    assert res["targets"] == ["vader_tweets", "vader_movie"] and set(res["skipped_targets"]) == {"sst2"}
+    assert res["targets"] == ["vader_movie", "vader_tweets"] and set(res["skipped_targets"]) == {"sst2"}
     assert res["sources"] == ["vader_amazon", "vader_nyt"]
     full = res["settings"]["full"]
     assert set(full) == {"pt", "mpt"}
