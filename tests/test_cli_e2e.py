@@ -34,10 +34,13 @@ def test_prompt_tune_evaluate_predict(tmp_path, tiny_model_dir, data_dir, task, 
                f"data.data_dir={data_dir}", "train.max_steps=4", *COMMON])
     assert rc == 0
     # self-describing folder
-    for f in ("config.yaml", "stage.json", "prompt.safetensors", "metrics.json", "predictions_test.jsonl", "log.jsonl"):
+    for f in ("config.yaml", "stage.json", "prompt.safetensors", "metrics.json", f"predictions_{task}_test.jsonl",
+              "log.jsonl"):
         assert (out / f).is_file(), f
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["trainable_params"] == 4 * 32 and "score" in metrics["test"]
+    assert metrics["trainable_params"] == 4 * 32 and "score" in metrics["tasks"][task]["test"]
+    n_rows = len((out / f"predictions_{task}_test.jsonl").read_text().splitlines())
+    assert metrics["tasks"][task]["n_test"] == n_rows and 0 < n_rows <= 12  # data.eval_limit
     assert set(load_file(str(out / "prompt.safetensors"))) == {"prompt"}  # backbone never saved
     assert _checksum(tiny_model_dir) == before
     logs = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
@@ -46,7 +49,7 @@ def test_prompt_tune_evaluate_predict(tmp_path, tiny_model_dir, data_dir, task, 
     # reload + evaluate gives the same test metrics as the end of training
     assert main(["evaluate", f"prompt={out}", "split=test", f"data.data_dir={data_dir}", "data.eval_limit=12"]) == 0
     ev = json.loads((out / f"eval-{task}-test" / "metrics.json").read_text())
-    assert ev["metrics"] == pytest.approx(metrics["test"])
+    assert ev["metrics"] == pytest.approx(metrics["tasks"][task]["test"])
 
     # predict on a user file with template fields
     row = {"rte": {"sentence1": "A cat sat.", "sentence2": "A cat sits."},

@@ -49,10 +49,13 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, data_dir,
 
     tensors, meta = load_prompt(run / "source/mpt")
     assert meta.kind == "decomposed" and meta.tasks == ["rte", "stsb"] and tensors["task_u"].shape == (2, l, 1)
+    assert [r["skipped"] for r in summary["stages"]] == [False] * len(summary["stages"])
     capsys.readouterr()
     assert main(["run", str(f)]) == 0
-    out = capsys.readouterr().out
-    assert out.count("[skip]") == 2 + 1 + 2 * 3 + 1  # teachers, source, pt/spot/mpt per target, mpt_multi
+    err = capsys.readouterr().err
+    assert err.count("[skip]") == 2 + 1 + 2 * 3 + 1  # teachers, source, pt/spot/mpt per target, mpt_multi
+    again = json.loads((run / "summary.json").read_text())
+    assert all(r["skipped"] for r in again["stages"]) and again["settings"] == summary["settings"]
 
 
 def test_ablations_and_few_shot(tmp_path, tiny_llama_dir, data_dir):
@@ -74,6 +77,14 @@ def test_ablations_and_few_shot(tmp_path, tiny_llama_dir, data_dir):
     assert (t["task_u"] == 1).all() and (t["task_v"] == 1).all()  # u, v never trained
     spot = yaml.safe_load((run / "targets/k2/spot/seed-1/rte/config.yaml").read_text())
     assert spot["prompt"]["init"] == "prompts" and spot["prompt"]["init_from"] == [str(run / "teachers/stsb")]
-    # few-shot: 2 per class
-    m = json.loads((run / "targets/k2/mpt_no_distill/seed-1/rte/metrics.json").read_text())
-    assert m["tasks"]["rte"]["test"]["score"] >= 0
+    # few-shot: every target run trained on k = 2 examples per class
+    from mptune.tasks import get_task
+
+    for method in ("spot", "mpt_no_distill", "mpt_no_decomp"):
+        for seed in (1, 2):
+            m = json.loads((run / f"targets/k2/{method}/seed-{seed}/rte/metrics.json").read_text())
+            entry = m["tasks"]["rte"]
+            assert entry["train_per_class"] == {w: 2 for w in get_task("rte").label_words}
+            assert entry["train_examples"] == 4 and entry["n_test"] == 8
+    teacher = json.loads((run / "teachers/rte/metrics.json").read_text())["tasks"]["rte"]
+    assert teacher["train_examples"] > 4  # the teachers are not few-shot

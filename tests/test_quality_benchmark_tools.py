@@ -63,3 +63,61 @@ def test_init_scores_render_adds_the_average_without_controls():
     assert "first 48 dev examples" in md and "`runs/x`" in md
     assert md.splitlines()[2] == "| starting prompt | a | cola | average | average w/o cola |"
     assert md.splitlines()[4] == "| pt (vocab init) | 70.0 | -40.0 | 15.0 | 70.0 |"
+
+
+# -- run.py --collect-only re-collects the committed results byte for byte -------------------------
+
+COMMITTED = sorted(HERE.glob("**/results.json"))
+
+
+def _stage_folders(root: Path, res: dict, legacy: bool) -> None:
+    """Stage folders holding the numbers of a committed results.json: metrics.json in the current schema,
+    or (legacy) as the recipes wrote them before (single-task prompt-tune stages: one task at the top)."""
+    import json
+
+    def write(folder: Path, task: str, test: dict, dev: dict, best_step=None, single=False):
+        folder.mkdir(parents=True, exist_ok=True)
+        f = folder / "metrics.json"
+        if legacy and single:
+            m = {"task": task, "best_step": best_step, "dev_history": [], "trainable_params": 1,
+                 "backbone_params": 1, "dev": dev, "test": test}
+        else:  # a source stage holds all source tasks
+            m = json.loads(f.read_text()) if f.is_file() else {
+                "tasks": {}, "best_step": best_step, "dev_history": [], "trainable_params": 1, "backbone_params": 1}
+            m["tasks"][task] = {"dev": dev, "test": test}
+        f.write_text(json.dumps(m))
+
+    out = root / res["config"]["output_dir"]
+    for setting, methods in res["results"]["settings"].items():
+        for method, cell in methods.items():
+            for task, t in cell["tasks"].items():
+                for seed, r in t["seeds"].items():
+                    folder = out / "targets" / setting.replace("=", "") / method / f"seed-{seed}" / task
+                    write(folder, task, r["metrics"], {} if r["dev"] is None else {"score": r["dev"]},
+                          r["best_step"], single=method in ("pt", "spot"))
+    for key, score in res["results"]["source_stages_test"].items():
+        stage, task = key.split(" ")
+        folder = out / "teachers" / task if stage == "teacher" else out / stage
+        write(folder, task, {} if score is None else {"score": score}, {}, single=stage == "teacher")
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy-metrics", "metrics"])
+@pytest.mark.parametrize("path", COMMITTED, ids=[str(p.parent.relative_to(HERE)) for p in COMMITTED])
+def test_collect_only_rewrites_the_committed_results_byte_for_byte(tmp_path, monkeypatch, path, legacy):
+    import json
+    import shutil
+
+    import yaml
+
+    res = json.loads(path.read_text())
+    _stage_folders(tmp_path, res, legacy)
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(res["config"]))
+    shutil.copy(path, tmp_path / "results.json")
+    shutil.copy(path.with_suffix(".md"), tmp_path / "results.md")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(HERE))
+    run = _load("run")
+    assert run.main(["--config", "pipeline.yaml", "--model", "m", "--data-dir", ".", "--results", ".",
+                     "--controls", ",".join(res["controls"]), "--collect-only"]) == 0
+    assert (tmp_path / "results.json").read_bytes() == path.read_bytes()
+    assert (tmp_path / "results.md").read_bytes() == path.with_suffix(".md").read_bytes()

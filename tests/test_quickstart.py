@@ -11,11 +11,12 @@ from mptune.cli import main
 from mptune.config import parse
 from mptune.recipes import pipeline, quickstart
 
-TINY = ["prompt.length=2", "data.max_source_length=40", "data.max_target_length=4", "data.eval_limit=6",
+TINY = ["prompt.length=2", "data.max_source_length=40", "data.max_target_length=4", "data.eval_limit=4",
         *[f"{s}.{k}" for s in ("teacher_train", "source_train", "target_train")
           for k in ("max_steps=3", "batch_size=4", "warmup_steps=0", "eval_limit=4", "log_every=1",
                     "eval_batch_size=8")],
-        "target_train.eval_every=1", "teacher_train.eval_every=0", "source_train.eval_every=0"]
+        "target_train.eval_every=1", "teacher_train.eval_every=0", "source_train.eval_every=0",
+        "target_train.test_limit=6"]  # the whole test split of the tiny files
 
 
 def _write_data(root):
@@ -55,8 +56,8 @@ def test_shipped_profiles_parse():
 
 def test_quickstart_end_to_end(tmp_path, tiny_llama_dir, data, capsys):
     out = tmp_path / "qs"
-    args = ["quickstart", f"output_dir={out}", f"model={tiny_llama_dir}", f"data_dir={data}", "threads=1",
-            "overrides=[" + ",".join(TINY) + "]"]
+    args = ["quickstart", f"output_dir={out}", f"model={tiny_llama_dir}", f"data_dir={data}", "workers=2",
+            "threads=1", "overrides=[" + ",".join(TINY) + "]"]
     assert main(args) == 0
     printed = capsys.readouterr()
     assert "sst2" in printed.err  # the optional GLUE targets are skipped, and said so
@@ -74,9 +75,9 @@ def test_quickstart_end_to_end(tmp_path, tiny_llama_dir, data, capsys):
             assert list(seeds) == ["42"]
             # the numbers are the stage folders' own
             folder = out / "targets" / "full" / method / "seed-42" / task
-            m = json.loads((folder / "metrics.json").read_text())
-            test = m["test"] if "test" in m else m["tasks"][task]["test"]
-            assert seeds["42"]["test"]["score"] == pytest.approx(test["score"]) == pytest.approx(t["mean"])
+            m = json.loads((folder / "metrics.json").read_text())["tasks"][task]
+            assert seeds["42"]["test"]["score"] == pytest.approx(m["test"]["score"]) == pytest.approx(t["mean"])
+            assert t["n_test"] == m["n_test"] == 6 and m["n_dev"] == 4  # target_train.test_limit, data.eval_limit
             assert [h["step"] for h in seeds["42"]["dev_history"]] == [1, 2, 3]
             means.append(t["mean"])
         assert cell["average"]["mean"] == pytest.approx(sum(means) / len(means))
@@ -84,7 +85,19 @@ def test_quickstart_end_to_end(tmp_path, tiny_llama_dir, data, capsys):
     assert full["pt"]["params_per_task"] == 2 * d
     assert full["mpt"]["params_per_task"] == 2 * d + 1 * (2 + d)
 
+    # MPT − PT with its paired bootstrap interval, from the prediction files
+    c = res["comparison"]["full"]
+    assert (c["a"], c["b"], c["seeds"]) == ("mpt", "pt", [42]) and c["n_test"] == {t: 6 for t in res["targets"]}
+    assert c["average"]["diff"] == pytest.approx(full["mpt"]["average"]["mean"] - full["pt"]["average"]["mean"])
+    for task in res["targets"]:
+        d = c["tasks"][task]
+        assert d["diff"] == pytest.approx(full["mpt"]["tasks"][task]["mean"] - full["pt"]["tasks"][task]["mean"])
+        assert d["ci95_low"] <= d["ci95_high"] and d["excludes_zero"] == (d["ci95_low"] > 0 or d["ci95_high"] < 0)
+
     md = (out / "results.md").read_text()
+    lo, hi = c["average"]["ci95_low"], c["average"]["ci95_high"]
+    assert f"[{lo:+.1f}, {hi:+.1f}]" in md
+    assert ("the interval excludes 0" if c["average"]["excludes_zero"] else "the interval includes 0") in md
     for task in res["targets"]:
         assert task in md
     for method in ("pt", "mpt"):
@@ -99,6 +112,11 @@ def test_quickstart_end_to_end(tmp_path, tiny_llama_dir, data, capsys):
     stages = res["timing"]["stages"]
     assert [s["stage"] for s in stages][:3] == ["teacher vader_amazon", "teacher vader_nyt", "distill (mpt)"]
     assert len(stages) == 3 + 2 * 2 and all(s["wall_s"] is not None and s["steps"] == 3 for s in stages)
+    by = {s["stage"]: s for s in stages}
+    t1, t2, dist = by["teacher vader_amazon"], by["teacher vader_nyt"], by["distill (mpt)"]
+    assert t1["start_s"] < t2["start_s"] + t2["wall_s"] and t2["start_s"] < t1["start_s"] + t1["wall_s"]  # 2 workers
+    assert dist["start_s"] >= max(t1["start_s"] + t1["wall_s"], t2["start_s"] + t2["wall_s"]) - 0.2
+    assert res["timing"]["workers"] == 2 and res["timing"]["torch_threads"] == 1
 
     # rerun: every stage is skipped, same results
     assert main(args) == 0

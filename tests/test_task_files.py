@@ -54,7 +54,7 @@ def test_task_file_through_prompt_tune_then_evaluate_and_predict_after_it_moved(
     f.rename(tmp_path / "elsewhere.yaml")  # the definition moves away; the folder still knows the task
     assert main(["evaluate", f"prompt={out}", "split=test"]) == 0
     ev = json.loads((out / "eval-colour-test" / "metrics.json").read_text())
-    assert ev["examples"] == 6 and ev["metrics"] == pytest.approx(metrics["test"])
+    assert ev["examples"] == 6 and ev["metrics"] == pytest.approx(metrics["tasks"]["colour"]["test"])
     assert (out / "eval-colour-test" / "tasks" / "colour.yaml").is_file()
 
     inp, pred = tmp_path / "in.jsonl", tmp_path / "pred.jsonl"

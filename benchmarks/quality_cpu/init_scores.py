@@ -12,6 +12,7 @@ average of the distilled source prompts P_k), and the ablations from their own P
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from mptune.config import load_yaml, parse
     from mptune.evaluation import evaluate
+    from mptune.plan import METHODS, SOURCES, Layout
     from mptune.prompts import load_prompt
     from mptune.prompts.decomposed import DecomposedPrompt
     from mptune.prompts.init import init_prompt_vectors
@@ -50,6 +52,8 @@ def main(argv=None) -> int:
 
     run = Path(args.run_dir)
     cfg = parse(PipelineConfig, load_yaml(run / "config.yaml"), source=str(run / "config.yaml"))
+    cfg = dataclasses.replace(cfg, output_dir=str(run))  # the folder may have moved since
+    layout = Layout(cfg, check_data=False)
     from mptune.backbone import load_backbone
 
     bb = load_backbone(cfg.model)
@@ -57,18 +61,19 @@ def main(argv=None) -> int:
     inits: dict[str, torch.Tensor] = {}
     g = torch.Generator().manual_seed(args.seed)
     inits["pt (vocab init)"] = init_prompt_vectors(cfg.prompt, bb.model.get_input_embeddings(), bb.tokenizer, g)
-    teachers = [load_prompt(run / "teachers" / s, backbone=bb.name, dim=bb.hidden_size)[0]["prompt"] for s in cfg.sources]
+    teachers = [load_prompt(layout.teacher(s).folder, backbone=bb.name, dim=bb.hidden_size)[0]["prompt"]
+                for s in cfg.sources]
     inits["spot (teachers' average)"] = torch.stack(teachers).mean(0)
     for s, t in zip(cfg.sources, teachers):
         inits[f"teacher {s}"] = t
-    for v in ("mpt", "no_distill", "no_decomp"):
-        f = run / "source" / v
-        if (f / "prompt.safetensors").is_file():
-            tensors, meta = load_prompt(f, backbone=bb.name, dim=bb.hidden_size)
-            name = "mpt" if v == "mpt" else "mpt_" + v
+    for v in SOURCES:
+        stage = layout.source(v)
+        if (stage.folder / "prompt.safetensors").is_file():
+            tensors, meta = load_prompt(stage.folder, backbone=bb.name, dim=bb.hidden_size)
+            name = next(m.name for m in METHODS.values() if m.source == v)  # the method adapting from it
             src = DecomposedPrompt.from_tensors(tensors, meta)
             inits[f"{name} (P*: adapt.init=shared)"] = src.shared.detach()
-            if v != "no_decomp":  # no_decomp: u v = 1 throughout, so the rows below equal P*
+            if stage.config.decompose:  # not decomposed: u v = 1 throughout, so the rows below equal P*
                 with torch.no_grad():
                     table = src()  # [K, l, d]: the distilled source prompts P_k
                 inits[f"{name} (P* ∘ mean u_k v_k: adapt.init=shared_times_mean_task)"] = table.mean(0)

@@ -1,20 +1,14 @@
 """Quality benchmark on CPU: MPT vs PT vs SPoT-style transfer vs the MPT ablations.
 
 Not a test: it trains on the real SmolLM2-135M-Instruct and real data for about
-an hour or more on 2 CPU cores. It runs the `mptune run` pipeline of
-``pipeline.yaml`` split into jobs on several worker processes (each a fresh
-process with its own torch thread count):
-
-1. the teachers (one job per source task),
-2. source training, one job per variant (mpt, no_distill, no_decomp),
-3. one job per (setting, method, seed): ``pipeline.run`` with that single
-   combination, in the same output folder, so the finished teacher / source
-   folders are reused (skipped) and target folders never collide.
-
-Phases 1-2 build the teacher and source-training stage configs exactly as
-``pipeline.run`` does (so phase 3 finds those folders complete and skips them).
-Finally the per-seed test scores are read back from the stage
-folders into ``results.json`` / ``results.md`` (mean ± std over seeds).
+an hour or more on 2 CPU cores. It runs the stages of the `mptune run` pipeline
+of ``pipeline.yaml`` (``mptune.plan.plan``: teachers, one source-training stage
+per variant, one stage per target run) with the plan runner on several worker
+processes (``mptune.runner.run_plan``: each stage starts when the stages it
+needs are done; finished stages are skipped). ``--fewshot-methods`` limits the
+few-shot settings, ``--order`` the order of the target runs. Finally the
+per-seed test scores are read back from the stage folders into
+``results.json`` / ``results.md`` (mean ± std over seeds).
 
     python benchmarks/quality_cpu/run.py --workers 2 --threads 1
     python benchmarks/quality_cpu/run.py --dry-run        # list the jobs
@@ -26,89 +20,38 @@ must hold the GLUE files and the VADER / BIG-bench files.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-# -- jobs (run in worker processes) --------------------------------------------------------
-
-def _job(kind: str, cfg_dict: dict, extra: dict, threads: int) -> dict:
-    """One job in a fresh process: kind = teacher | distill | targets."""
-    import torch
-
-    torch.set_num_threads(threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # several workers: one line per finished job instead
-    from mptune.config import parse
-    from mptune.recipes import distill, pipeline, prompt_tune
-
-    import contextlib
-    import io
-
-    cfg = parse(pipeline.PipelineConfig, cfg_dict, source="job")
-    out = Path(cfg.output_dir)
-    t0, c0 = time.time(), time.process_time()
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
-        if kind == "teacher":
-            task = extra["task"]
-            pipeline._stage(out / "teachers" / task, "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
-                model=cfg.model, task=task, output_dir=str(out / "teachers" / task), prompt=cfg.prompt,
-                data=cfg.data, train=cfg.teacher_train))
-        elif kind == "distill":
-            variant = extra["variant"]
-            folder = out / "source" / variant
-            loss = dataclasses.replace(cfg.distill, weight=0.0) if variant == "no_distill" else cfg.distill
-            pipeline._stage(folder, "distill", distill.run, distill.DistillConfig(
-                model=cfg.model, tasks=cfg.sources, output_dir=str(folder), teachers_dir=str(out / "teachers"),
-                rank=cfg.rank, decompose=variant != "no_decomp", prompt=cfg.prompt, distill=loss,
-                sampling=cfg.sampling, data=cfg.data, train=cfg.source_train))
-        else:
-            pipeline.run(cfg)
-    return {"kind": kind, **extra, "wall_s": round(time.time() - t0, 1),
-            "cpu_s": round(time.process_time() - c0, 1)}
-
-
 # -- planning -----------------------------------------------------------------------------
 
-def plan(base: dict, fewshot_methods: list[str], order: str = "methods") -> list[tuple[str, list[tuple[str, dict, dict]]]]:
-    """Phases of (kind, config dict, extra) jobs."""
-    from mptune.recipes.pipeline import SOURCE_VARIANT
+def phase(stage) -> str:
+    return "targets" if stage.method else ("source training" if stage.kind == "distill" else "teachers")
 
-    methods = base["methods"]
-    teachers = [("teacher", base, {"task": t}) for t in base["sources"]] if any(m != "pt" for m in methods) else []
-    variants = sorted({SOURCE_VARIANT[m] for m in methods if m in SOURCE_VARIANT})
-    distills = [("distill", base, {"variant": v}) for v in variants]
-    targets = []
-    settings = (["full"] if base.get("full_data", True) else []) + [f"k={k}" for k in base.get("few_shot_k", [])]
-    for setting in settings:  # full-data jobs first: the longest
-        ms = methods if setting == "full" else [m for m in methods if m in fewshot_methods]
-        for method in ms:
-            for seed in base["seeds"]:
-                sub = {**base, "methods": [method], "seeds": [seed],
-                       "full_data": setting == "full", "few_shot_k": [] if setting == "full" else [int(setting[2:])]}
-                targets.append(("targets", sub, {"setting": setting, "method": method, "seed": seed}))
+
+def stages(cfg, fewshot_methods: list[str], order: str = "methods") -> list:
+    """The pipeline's plan, few-shot settings limited to `fewshot_methods`, target runs in `order`."""
+    from mptune.plan import METHODS, ROLES, plan
+
+    planned = [s for s in plan(cfg) if s.method is None or s.setting == "full" or s.method in fewshot_methods]
+    targets = [s for s in planned if s.method]
     # PT and MPT first (the main comparison), then SPoT, then the ablations; seeds outermost after that,
     # so a run cut short still has complete, comparable cells
-    group = {"pt": 0, "mpt": 0, "spot": 1, "mpt_no_distill": 2, "mpt_no_decomp": 2, "mpt_multi": 3}
+    role = lambda s: ROLES.index(METHODS[s.method].role)  # noqa: E731
     if order == "methods":
-        targets.sort(key=lambda j: (group.get(j[2]["method"], 9), j[2]["seed"], j[2]["setting"] != "full",
-                                    j[2]["setting"], j[2]["method"]))
+        targets.sort(key=lambda s: (role(s), s.seed, s.setting != "full", s.setting, s.method))
     else:  # "settings": full data for every method first (seed by seed), then each few-shot k
-        targets.sort(key=lambda j: (j[2]["setting"] != "full", j[2]["setting"], j[2]["seed"],
-                                    group.get(j[2]["method"], 9), j[2]["method"]))
-    return [("teachers", teachers), ("source training", distills), ("targets", targets)]
+        targets.sort(key=lambda s: (s.setting != "full", s.setting, s.seed, role(s), s.method))
+    return [s for s in planned if not s.method] + targets
 
 
 # -- results --------------------------------------------------------------------------------
@@ -117,48 +60,44 @@ def _mean_std(vals: list[float]) -> dict:
     return {"mean": statistics.fmean(vals) if vals else None, "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0}
 
 
-def collect(base: dict, fewshot_methods: list[str], controls: list[str] = ()) -> dict:
+def collect(cfg, planned: list, fewshot_methods: list[str], controls: list[str] = ()) -> dict:
     """Test scores per (setting, method, task, seed); averages over all targets and over the targets
     that are not controls (tasks the sources are not expected to help, e.g. CoLA for sentiment sources)."""
-    from mptune.recipes.quickstart import _target_metrics
-    from mptune.tasks import get_task
+    from mptune.plan import Layout, task_metric, task_runs
+    from mptune.plan import settings as settings_of
+    from mptune.recipes import common
 
     from compare import per_seed_average  # this folder, the script's sys.path[0]
 
-    out = Path(base["output_dir"])
+    runs = task_runs(planned)
+    targets = Layout(cfg, check_data=False).target_names()
     settings = {}
-    for setting in (["full"] if base.get("full_data", True) else []) + [f"k={k}" for k in base.get("few_shot_k", [])]:
-        ms = base["methods"] if setting == "full" else [m for m in base["methods"] if m in fewshot_methods]
+    for setting in settings_of(cfg):
+        ms = cfg.methods if setting == "full" else [m for m in cfg.methods if m in fewshot_methods]
         sres = settings[setting] = {}
         for method in ms:
             tasks = {}
-            main_targets = [t for t in base["targets"] if t not in controls]
-            for task in base["targets"]:
-                seeds = {}
-                for seed in base["seeds"]:
-                    folder = out / "targets" / setting.replace("=", "") / method / f"seed-{seed}" / task
-                    got = _target_metrics(folder).get(task)
-                    if got:
-                        seeds[str(seed)] = {"test": got["test"]["score"], "dev": got["dev"].get("score"),
-                                            "best_step": got["best_step"], "metrics": got["test"]}
-                tasks[task] = {"metric": "/".join(get_task(task).score_metrics or get_task(task).metrics),
-                               **_mean_std([s["test"] for s in seeds.values()]), "seeds": seeds}
-            per_seed_avg = per_seed_average(tasks, base["targets"])
-            per_seed_main = per_seed_average(tasks, main_targets, require=base["targets"])
+            main_targets = [t for t in targets if t not in controls]
+            for task in targets:
+                by_seed = runs.get(setting, {}).get(method, {}).get(task, {})
+                seeds = {str(seed): {"test": r.entry["test"]["score"], "dev": r.entry["dev"].get("score"),
+                                     "best_step": r.best_step, "metrics": r.entry["test"]}
+                         for seed, r in sorted(by_seed.items(), key=lambda x: cfg.seeds.index(x[0]))}
+                metric = task_metric(next(iter(by_seed.values()))) if by_seed else None
+                tasks[task] = {"metric": metric, **_mean_std([s["test"] for s in seeds.values()]), "seeds": seeds}
+            per_seed_avg = per_seed_average(tasks, targets)
+            per_seed_main = per_seed_average(tasks, main_targets, require=targets)
             sres[method] = {"tasks": tasks, "average": {**_mean_std(list(per_seed_avg.values())),
                                                         "per_seed": per_seed_avg}}
             if controls:
                 sres[method]["average_without_controls"] = {**_mean_std(list(per_seed_main.values())),
                                                             "per_seed": per_seed_main}
-    sources = {}
-    for t in base["sources"]:
-        m = _read(out / "teachers" / t / "metrics.json")
-        if m:
-            sources[f"teacher {t}"] = m.get("test", {}).get("score")
-    for v in ("mpt", "no_distill", "no_decomp"):
-        m = _read(out / "source" / v / "metrics.json")
-        for t, r in (m.get("tasks") or {}).items():
-            sources[f"source/{v} {t}"] = r.get("test", {}).get("score")
+    sources = {}  # test score of each source stage on its own task(s)
+    for s in planned:
+        if s.method is None:
+            for t, r in common.read_metrics(s.folder).get("tasks", {}).items():
+                key = s.name if phase(s) == "teachers" else f"source/{s.folder.name} {t}"
+                sources[key] = r.get("test", {}).get("score")
     return {"settings": settings, "source_stages_test": sources}
 
 
@@ -169,11 +108,9 @@ def _read(p: Path) -> dict:
         return {}
 
 
-NAMES = {"pt": "PT", "spot": "SPoT-style (teachers' avg)", "mpt": "MPT", "mpt_no_distill": "MPT w/o distillation",
-         "mpt_no_decomp": "MPT w/o decomposition", "mpt_multi": "MPT*"}
-
-
 def markdown(res: dict) -> str:
+    from mptune.plan import METHODS
+
     base = res["config"]
     lines = ["# Quality benchmark on CPU: results", "",
              f"Command: `{res['command']}`", "",
@@ -196,7 +133,7 @@ def markdown(res: dict) -> str:
                   "|---" * (len(base["targets"]) + 2 + bool(controls)) + "|"]
         for method, cell in methods.items():
             f = lambda v: "—" if v["mean"] is None else f"{v['mean']:.1f} ± {v['std']:.1f}"  # noqa: E731
-            lines.append(f"| {NAMES.get(method, method)} | " + " | ".join(f(cell["tasks"][t]) for t in base["targets"])
+            lines.append(f"| {METHODS[method].label} | " + " | ".join(f(cell["tasks"][t]) for t in base["targets"])
                          + f" | {f(cell['average'])} |"
                          + (f" {f(cell['average_without_controls'])} |" if controls else ""))
         lines.append("")
@@ -237,7 +174,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from mptune import assets
-    from mptune.config import load_yaml, parse, to_dict
+    from mptune.config import load_yaml, parse
     from mptune.recipes.pipeline import PipelineConfig
 
     base = load_yaml(args.config)
@@ -246,46 +183,39 @@ def main(argv=None) -> int:
     base["data"] = {**base.get("data", {}), "data_dir": str(Path(args.data_dir).resolve())}
     if args.out:
         base["output_dir"] = args.out
-    base = to_dict(parse(PipelineConfig, base, args.set, source=args.config))  # validated, defaults filled
+    cfg = parse(PipelineConfig, base, args.set, source=args.config)  # validated, defaults filled
     if args.fewshot_methods:
         fewshot = args.fewshot_methods.split(",")
     elif args.collect_only and _read(Path(args.results) / "results.json").get("fewshot_methods"):
         fewshot = _read(Path(args.results) / "results.json")["fewshot_methods"]
     else:
-        fewshot = list(base["methods"])
-    phases = plan(base, fewshot, args.order)
-    for name, jobs in phases:
-        print(f"{name}: {len(jobs)} job(s)")
-        for kind, _, extra in jobs:
-            print(f"   {kind} {extra}")
+        fewshot = list(cfg.methods)
+    planned = stages(cfg, fewshot, args.order)
+    for name in ("teachers", "source training", "targets"):
+        mine = [s for s in planned if phase(s) == name]
+        print(f"{name}: {len(mine)} stage(s)")
+        for s in mine:
+            print(f"   {s.name}" + (f"  (after {', '.join(s.needs)})" if s.needs and name != "targets" else ""))
     if args.dry_run:
         return 0
-    if args.stop_after:
-        phases = phases[:[n for n, _ in phases].index(args.stop_after) + 1]
-    if args.reverse:
-        phases = [(n, list(reversed(j)) if n == "targets" else j) for n, j in phases]
     if args.collect_only:
-        write_results(args, argv, base, fewshot, None, [])
+        write_results(args, argv, cfg, planned, fewshot, None, [])
         return 0
+    run = planned
+    if args.stop_after:
+        keep = ("teachers",) if args.stop_after == "teachers" else ("teachers", "source training")
+        run = [s for s in planned if phase(s) in keep]
+    if args.reverse:
+        run = [s for s in run if not s.method] + [s for s in run if s.method][::-1]
+
+    from mptune.runner import run_plan
 
     t0 = time.time()
-    Path(base["output_dir"]).mkdir(parents=True, exist_ok=True)
-    done = []
-    ctx = get_context("spawn")
-    for name, jobs in phases:
-        if not jobs:
-            continue
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {len(jobs)} job(s) on {args.workers} worker(s)", flush=True)
-        with ProcessPoolExecutor(args.workers, mp_context=ctx, max_tasks_per_child=1) as pool:
-            futs = {pool.submit(_job, kind, cfg, extra, args.threads): extra for kind, cfg, extra in jobs}
-            for f in as_completed(futs):
-                r = f.result()
-                done.append(r)
-                print(f"[{time.strftime('%H:%M:%S')}] done {r} ({len(done)} jobs, {(time.time() - t0) / 60:.1f} min)",
-                      flush=True)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    records = run_plan(run, args.workers, args.threads)
     if args.stop_after:
         return 0
-    print(write_results(args, argv, base, fewshot, time.time() - t0, done))
+    print(write_results(args, argv, cfg, planned, fewshot, time.time() - t0, records))
     return 0
 
 
@@ -293,30 +223,46 @@ def _timing_line(t: dict) -> str:
     """How long the command behind results.* took, and how many of its jobs it ran rather than reused."""
     if not t.get("wall_s"):
         return "Partial results, collected while the run was going on."
-    jobs = t.get("jobs") or []
-    ran = [j for j in jobs if j.get("wall_s", 0) > 1]  # a finished stage is skipped in well under a second
+    jobs = t.get("jobs") or []  # one record per stage (mptune.runner); skipped ones have no wall time
+    ran = [j for j in jobs if (j.get("wall_s") or 0) > 1]  # older launches: a skipped job took under a second
     return (f"Wall time of that command {t['wall_s'] / 60:.0f} min with {t['workers']} worker process(es) x "
             f"{t['threads']} torch thread(s) on {t['cpu_count']} CPU cores: it ran {len(ran)} of its {len(jobs)} "
             f"jobs ({sum(j['cpu_s'] for j in ran) / 60:.0f} CPU min) and reused the other stages, finished by "
             f"earlier launches of the same config; load average at the end {t['loadavg_end']}.")
 
 
-def write_results(args, argv, base: dict, fewshot: list[str], wall_s, jobs: list[dict]) -> str:
+EXECUTION = ("workers", "threads")  # how the stages ran, not what they computed: recorded under "timing"
+
+
+def _same_run(old, new) -> bool:
+    """`new` describes the run `old` does: equal on every key of `old`; keys added since are null."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return (all(k in new and _same_run(v, new[k]) for k, v in old.items())
+                and all(new[k] is None for k in new.keys() - old.keys()))
+    return old == new
+
+
+def write_results(args, argv, cfg, planned: list, fewshot: list[str], wall_s, jobs: list[dict]) -> str:
+    from mptune.config import to_dict
+
     out = Path(args.results)
     old = _read(out / "results.json")
-    controls = [c for c in args.controls.split(",") if c in base["targets"]]
+    controls = [c for c in args.controls.split(",") if c in cfg.targets]
+    base = {k: v for k, v in to_dict(cfg).items() if k not in EXECUTION}
+    config = {**base, "model": {**base["model"], "name": "SmolLM2-135M-Instruct (asset cache)"},
+              "data": {**base["data"], "data_dir": "../shared/data"}}
     if wall_s is None:  # --collect-only: keep the timing of the run that made the folders, if any
         timing = old.get("timing") or {"wall_s": None, "workers": None, "threads": None, "partial": True}
         command = old.get("command") or "python benchmarks/quality_cpu/run.py"
+        if _same_run(old.get("config"), config):  # and its description, written before any newer (null) keys
+            config = old["config"]
     else:
         timing = {"wall_s": round(wall_s, 1), "workers": args.workers, "threads": args.threads, "jobs": jobs,
                   "cpu_count": os.cpu_count(), "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                   "machine": platform.platform()}
         command = "python " + " ".join([os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])])
     res = {"command": command, "fewshot_methods": fewshot, "controls": controls, "timing": timing,
-           "results": collect(base, fewshot, controls),
-           "config": {**base, "model": {**base["model"], "name": "SmolLM2-135M-Instruct (asset cache)"},
-                      "data": {**base["data"], "data_dir": "../shared/data"}}}
+           "results": collect(cfg, planned, fewshot, controls), "config": config}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     md = markdown(res)

@@ -160,6 +160,8 @@ class TrainConfig:
     """Examples per evaluation batch."""
     eval_limit: Optional[int] = None
     """Dev examples used for periodic evaluation (None = all)."""
+    test_limit: Optional[int] = None
+    """Test examples evaluated at the end of the stage (a seeded subset of the test split; None = data.eval_limit)."""
     checkpoint_every: int = 0
     """Write a resumable checkpoint every N steps (0 = off)."""
     log_every: int = 10
@@ -186,6 +188,8 @@ class TrainConfig:
             _check(self.max_grad_norm > 0, "train.max_grad_norm", "must be > 0 or null")
         _check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+        if self.test_limit is not None:
+            _check(self.test_limit >= 1, "train.test_limit", "must be >= 1")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         self.token_reduction = Reduction(self.token_reduction)

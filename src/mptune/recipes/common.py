@@ -1,23 +1,43 @@
-"""Setup and output helpers shared by the recipes."""
+"""Setup and output helpers shared by the recipes, and the stage folder's files.
+
+Every training stage (prompt-tune, distill, adapt; one task or several) ends with
+:func:`finish`, which writes the same files: the prompt, predictions per task and
+split, ``stage.json`` and ``metrics.json`` in one schema::
+
+    {"tasks": {task: {"dev": {metric: value, "score": ...}, "test": {...},
+                      "n_dev": 48, "n_test": 250, "train_examples": 2932,
+                      "train_per_class": {"negative": 1200, ...},   # classification tasks
+                      "predictions": {"dev": "predictions_<task>_dev.jsonl", "test": ...}}},
+     "best_step": 24, "dev_history": [{"step": 8, "dev_score": ...}, ...],
+     "trainable_params": ...,             # all tasks of the stage together
+     "trainable_params_per_task": ...,    # the paper's per-task count
+     "backbone_params": ...}
+
+:func:`read_metrics` reads it back (and upgrades folders written before the schema
+was shared); :func:`predictions` gives a split's examples and predictions in order.
+"""
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from .. import __version__
 from ..backbone import Backbone, load_backbone
-from ..config import ConfigError, DataConfig, ModelConfig, save_yaml, to_dict
+from ..config import ConfigError, DataConfig, ModelConfig, load_yaml, parse, save_yaml, to_dict
 from ..data import LazyFeatures, TextEncoder
-from ..tasks import Example, Task, few_shot
+from ..tasks import Example, Task, TaskKind, few_shot
 from ..tasks.resolve import resolve_task, save_definitions
-from ..utils import atomic_write_json
+from ..utils import atomic_write_json, atomic_write_jsonl
 
 STAGE_FILE = "stage.json"
+METRICS_FILE = "metrics.json"
 
 
 def make_accelerator(mixed_precision: str = "no"):
@@ -60,6 +80,11 @@ def eval_examples(task: Task, split: str, data: DataConfig, limit: Optional[int]
     return task.load(split, data_dir=data.resolved_data_dir(), seed=data.seed, limit=limit)
 
 
+def test_examples(task: Task, data: DataConfig, limit: Optional[int]) -> list[Example]:
+    """The test split a stage reports: at most `limit` (train.test_limit), else data.eval_limit examples."""
+    return eval_examples(task, "test", data, limit)
+
+
 def features(examples: Sequence[Example], encoder: TextEncoder, task_index: int = 0) -> LazyFeatures:
     """Training features, tokenised when a batch first needs them."""
     return LazyFeatures([(e, task_index) for e in examples], encoder)
@@ -90,10 +115,94 @@ def write_stage(out_dir: Path, stage: str, cfg, extra: Optional[dict] = None, ta
 
 
 def stage_done(out_dir: Path, stage: str) -> bool:
-    import json
-
     f = Path(out_dir) / STAGE_FILE
     try:
         return json.loads(f.read_text()).get("stage") == stage
     except (OSError, ValueError):
         return False
+
+
+# -- the end of a training stage: metrics.json and predictions -------------------------------
+
+def predictions_file(task: str, split: str) -> str:
+    return f"predictions_{task}_{split}.jsonl"
+
+
+def train_counts(task: Task, examples: Sequence[Example]) -> dict:
+    """How many training examples, and per class for classification with fixed labels (few-shot: k each)."""
+    out: dict[str, Any] = {"train_examples": len(examples)}
+    if task.kind == TaskKind.CLASSIFICATION and task.label_words and all(isinstance(e.label, int) for e in examples):
+        counts = Counter(task.label_words[e.label] for e in examples)
+        out["train_per_class"] = {w: counts[w] for w in task.label_words}
+    return out
+
+
+def finish(stage: str, cfg, out: Path, accelerator, backbone: Backbone, encoder: TextEncoder, best,
+           tasks: Sequence[Task], train: Sequence[Sequence[Example]], dev: Sequence[Sequence[Example]], result,
+           trainable_params: int, trainable_per_task: int) -> dict:
+    """Test the best prompt module `best` on every task (dev and test), write the predictions, the
+    prompt file, metrics.json, stage.json and the user tasks' definitions. `cfg` needs .data and .train."""
+    from ..evaluation import evaluate
+    from ..prompts.io import save_module
+
+    per_task: dict[str, dict] = {}
+    for k, task in enumerate(tasks):
+        entry: dict[str, Any] = {}
+        files = {}
+        for split, ex in (("dev", dev[k]), ("test", test_examples(task, cfg.data, cfg.train.test_limit))):
+            r = evaluate(backbone, best, task, ex, encoder, cfg.train.eval_batch_size, task_index=k,
+                         accelerator=accelerator)
+            entry[split], entry[f"n_{split}"] = r.metrics, len(ex)
+            files[split] = predictions_file(task.name, split)
+            if accelerator.is_main_process:
+                atomic_write_jsonl(out / files[split], r.rows)
+        per_task[task.name] = {**entry, **train_counts(task, train[k]), "predictions": files}
+    metrics = {"tasks": per_task, "best_step": result.best_step, "dev_history": result.history,
+               "trainable_params": trainable_params, "trainable_params_per_task": trainable_per_task,
+               "backbone_params": backbone_params(backbone)}
+    if accelerator.is_main_process:
+        save_module(out / "prompt.safetensors", best, backbone.name)
+        atomic_write_json(out / METRICS_FILE, metrics)
+        write_stage(out, stage, cfg, tasks=tasks)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def read_metrics(folder: Path) -> dict:
+    """A stage folder's metrics.json in the schema above ({} when missing or unreadable). A folder
+    written before single-task stages used it ({"task": t, "dev": ..., "test": ...}) is upgraded."""
+    try:
+        m = json.loads((Path(folder) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if "tasks" not in m and "task" in m:
+        task = m.pop("task")
+        entry = {"dev": m.pop("dev", {}), "test": m.pop("test", {}), "predictions":
+                 {s: f"predictions_{s}.jsonl" for s in ("dev", "test")}}
+        if "train_examples" in m:
+            entry["train_examples"] = m.pop("train_examples")
+        m = {"tasks": {task: entry}, **m}
+    for task, entry in m.get("tasks", {}).items():
+        entry.setdefault("predictions", {s: predictions_file(task, s) for s in ("dev", "test")})
+    return m
+
+
+def predictions(folder: Path, task_name: str, split: str = "test") -> tuple[Task, list[Example], list]:
+    """(task, examples, predictions) of one split of a finished stage folder, in evaluation order:
+    the examples reloaded as the stage's config.yaml loaded them, the predictions from its file."""
+    folder = Path(folder)
+    entry = read_metrics(folder).get("tasks", {}).get(task_name)
+    if entry is None:
+        raise ConfigError(f"{folder / METRICS_FILE}: no task {task_name!r}")
+    cfg = load_yaml(folder / "config.yaml")
+    data = parse(DataConfig, cfg.get("data") or {}, source=str(folder / "config.yaml"))
+    limit = (cfg.get("train") or {}).get("test_limit") if split == "test" else None
+    task = resolve_task(task_name, data.resolved_data_dir(), folder, check_data=False)  # saved definitions first
+    examples = eval_examples(task, split, data, limit)
+    path = folder / entry["predictions"][split]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if [r["uid"] for r in rows] != [e.uid for e in examples]:
+        raise ConfigError(f"{path}: its {len(rows)} rows are not the {len(examples)} {split} examples that "
+                          f"{folder / 'config.yaml'} selects (data files changed since the run?)")
+    # a classification row keeps the chosen option's index; other rows the predicted text / number
+    return task, examples, [r.get("prediction_index", r["prediction"]) for r in rows]

@@ -13,7 +13,6 @@ from ..config import ConfigError, DataConfig, _check
 from ..data import Feature, LazyFeatures, ShuffledBatches, TaskMixingBatches, TextEncoder
 from ..evaluation import evaluate
 from ..tasks import Example, Task
-from ..utils import atomic_write_jsonl
 from . import common
 
 
@@ -77,20 +76,6 @@ def dev_average(backbone, module, data: MultiTaskData, encoder: TextEncoder, bat
     return sum(scores) / len(scores) if scores else None
 
 
-def final_metrics(backbone, module, data: MultiTaskData, encoder: TextEncoder, cfg_data: DataConfig,
-                  batch_size: int, accelerator, out: Path) -> dict[str, dict]:
-    """dev and test metrics per task; predictions written per task and split."""
-    result: dict[str, dict] = {}
-    for k, task in enumerate(data.tasks):
-        result[task.name] = {}
-        for split, ex in (("dev", data.dev[k]), ("test", common.eval_examples(task, "test", cfg_data))):
-            r = evaluate(backbone, module, task, ex, encoder, batch_size, task_index=k, accelerator=accelerator)
-            result[task.name][split] = r.metrics
-            if accelerator.is_main_process:
-                atomic_write_jsonl(out / f"predictions_{task.name}_{split}.jsonl", r.rows)
-    return result
-
-
 def teacher_table(teachers_dir: Path, names: Sequence[str], backbone) -> torch.Tensor:
     """Stack the teachers' soft prompts [K, l, d] in task order, from teachers_dir/<task>/."""
     from ..prompts import load_prompt
@@ -110,22 +95,10 @@ def teacher_table(teachers_dir: Path, names: Sequence[str], backbone) -> torch.T
 
 def save_decomposed(stage: str, cfg, result, tasks: Sequence[str], rank: int, groups: list[dict], backbone,
                     data: MultiTaskData, encoder: TextEncoder, accelerator, out: Path) -> dict:
-    """Shared end of distill and adapt: rebuild the best prompt, test it per task, write the folder."""
+    """Shared end of distill and adapt: rebuild the best prompt, then test it and write the folder."""
     from ..prompts.decomposed import DecomposedPrompt
-    from ..prompts.io import save_prompt
-    from ..utils import atomic_write_json
 
     t = result.best_tensors
     best = DecomposedPrompt(t["shared"], tasks, rank, t["task_u"], t["task_v"]).to(accelerator.device)
-    metrics = {"tasks": final_metrics(backbone, best, data, encoder, cfg.data, cfg.train.eval_batch_size,
-                                      accelerator, out),
-               "best_step": result.best_step, "dev_history": result.history,
-               "trainable_params_per_task": best.trainable_per_task(),
-               "trainable_params": sum(p.numel() for g in groups for p in g["params"]),
-               "backbone_params": common.backbone_params(backbone)}
-    if accelerator.is_main_process:
-        save_prompt(out / "prompt.safetensors", best.state_tensors(), best.meta(backbone.name))
-        atomic_write_json(out / "metrics.json", metrics)
-        common.write_stage(out, stage, cfg, tasks=data.tasks)
-    accelerator.wait_for_everyone()
-    return metrics
+    return common.finish(stage, cfg, out, accelerator, backbone, encoder, best, data.tasks, data.train, data.dev,
+                         result, sum(p.numel() for g in groups for p in g["params"]), best.trainable_per_task())

@@ -2,7 +2,7 @@
 
 setup -> train (dev eval every N steps, best prompt kept) -> save -> test.
 Output folder: config.yaml, stage.json, prompt.safetensors, metrics.json,
-predictions_{dev,test}.jsonl, log.jsonl, checkpoints/.
+predictions_<task>_{dev,test}.jsonl, log.jsonl, checkpoints/ (see recipes/common.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from ..data import ShuffledBatches, collate
 from ..engine import Trainer
 from ..evaluation import evaluate
 from ..losses import TokenNLL
-from ..prompts.io import save_module
 from ..prompts.init import init_prompt_vectors
 from ..prompts.soft import SoftPrompt
-from ..utils import atomic_write_json, atomic_write_jsonl, seed_everything
+from ..utils import seed_everything
 from . import common
 
 
@@ -85,17 +84,5 @@ def run(cfg: PromptTuneConfig) -> dict:
     # -- save --------------------------------------------------------------
     best = SoftPrompt(cfg.prompt.length, backbone.hidden_size, result.best_tensors["weight"],
                       [task.name]).to(acc.device)
-    metrics = {"task": task.name, "best_step": result.best_step, "dev_history": result.history,
-               "trainable_params": best.weight.numel(), "backbone_params": common.backbone_params(backbone),
-               "train_examples": len(train)}
-    for split, examples in (("dev", dev), ("test", common.eval_examples(task, "test", cfg.data))):
-        r = evaluate(backbone, best, task, examples, encoder, cfg.train.eval_batch_size, accelerator=acc)
-        metrics[split] = r.metrics
-        if acc.is_main_process:
-            atomic_write_jsonl(out / f"predictions_{split}.jsonl", r.rows)
-    if acc.is_main_process:
-        save_module(out / "prompt.safetensors", best, backbone.name)
-        atomic_write_json(out / "metrics.json", metrics)
-        common.write_stage(out, "prompt-tune", cfg, tasks=[task])
-    acc.wait_for_everyone()
-    return metrics
+    return common.finish("prompt-tune", cfg, out, acc, backbone, encoder, best, [task], [train], [dev], result,
+                         best.weight.numel(), best.weight.numel())

@@ -10,10 +10,15 @@ and real data, on a laptop CPU.
    few target tasks, against vanilla prompt tuning with the same step budget, data
    and evaluation. GLUE/SuperGLUE targets (``optional_targets``) join when their
    original files are in the data folder (e.g. ``MPTUNE_DATA_DIR=../shared/data``).
+   The stages run two at a time (``workers``), each in its own process with
+   ``threads`` torch threads: on 2 cores two 1-thread processes get more done than
+   one 2-thread process on a model this small.
 3. Results in ``output_dir``: ``results.json`` (per method, task and seed: test and
-   dev metrics, dev curve, best step, trainable parameters), ``results.md`` (the
-   table: per-target metric, average, trainable parameters per task; stage times),
-   ``dev_curves.png`` (dev metric against step, MPT vs PT), next to the stage folders.
+   dev metrics, number of test examples, dev curve, best step, trainable
+   parameters; MPT − PT with a paired bootstrap 95 % interval over the test
+   examples and seeds; stage times), ``results.md`` (the table, the interval and
+   whether it excludes 0, stage times), ``dev_curves.png`` (dev metric against
+   step), next to the stage folders.
 
 Stages that finished in an earlier run are skipped (``rerun = resume``); the
 profile's settings are recorded in each stage folder's ``config.yaml``.
@@ -33,11 +38,14 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import ConfigError, load_yaml, parse, to_dict
+from ..plan import METHODS, Layout, task_metric, task_runs
 from ..utils import atomic_write_json, atomic_write_text
-from . import pipeline
+from . import common, pipeline
 
 PROFILES = ("quick", "full")
 PLOT_FILE = "dev_curves.png"
+HEADLINE = ("mpt", "pt")  # the difference results.md leads with, and tests against the noise
+BOOTSTRAP_RESAMPLES = 1000
 
 
 @dataclass
@@ -58,12 +66,22 @@ class QuickstartConfig:
     """A quickstart YAML (sections quick/full) replacing the shipped mptune/configs/quickstart.yaml."""
     overrides: list[str] = field(default_factory=list)
     """Pipeline settings changed after the profile, as key=value (e.g. seeds=[1,2] target_train.max_steps=60)."""
+    workers: Optional[int] = None
+    """Stages run at once, each in its own process (default: 2, or 1 on a 1-core machine)."""
     threads: Optional[int] = None
-    """torch CPU threads (default: torch's choice, one per core); 1 is faster on a machine that is busy with other work."""
+    """torch threads per stage process (default: CPU cores / workers)."""
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads: must be >= 1, got {self.threads}")
+        for key in ("workers", "threads"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {v}")
+
+    def parallelism(self) -> tuple[int, int]:
+        """(workers, threads per worker) for this machine."""
+        cores = os.cpu_count() or 1
+        workers = self.workers or min(2, cores)
+        return workers, self.threads or max(1, cores // workers)
 
 
 # -- profile -------------------------------------------------------------------------
@@ -105,15 +123,13 @@ def available(task_name: str, data_dir: str) -> Optional[str]:
 # -- run -------------------------------------------------------------------------------
 
 def run(cfg: QuickstartConfig) -> dict:
-    import torch
-
     t_start, cpu_start = time.time(), _cpu_s()
     load_start = _loadavg()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    workers, threads = cfg.parallelism()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _say(f"quickstart ({'full' if cfg.full else 'quick'} profile) -> {out}  [torch threads: {torch.get_num_threads()}]")
+    _say(f"quickstart ({'full' if cfg.full else 'quick'} profile) -> {out}  "
+         f"[{workers} stage process(es) x {threads} torch thread(s)]")
 
     # 1. assets
     from .. import assets
@@ -139,7 +155,7 @@ def run(cfg: QuickstartConfig) -> dict:
     if skipped:
         _say("GLUE/SuperGLUE targets skipped (original files not in the data folder; set MPTUNE_DATA_DIR or "
              "data_dir to a folder that has them): " + ", ".join(skipped))
-    body = {**body, "targets": targets, "output_dir": str(out),
+    body = {**body, "targets": targets, "output_dir": str(out), "workers": workers, "threads": threads,
             "model": {**(body.get("model") or {}), "name": model},
             "data": {**(body.get("data") or {}), "data_dir": data_dir}}
     pcfg = parse(pipeline.PipelineConfig, body, cfg.overrides, source=where)
@@ -156,8 +172,9 @@ def run(cfg: QuickstartConfig) -> dict:
     # 4. results
     timing = {"total_s": round(t_end - t_start, 1), "assets_s": round(t_assets, 1),
               "pipeline_s": round(t_end - t_pipe, 1), "cpu_s": round(_cpu_s() - cpu_start, 1),
-              "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-              "loadavg_start": load_start, "loadavg_end": _loadavg(), "stages": stage_times(out, pcfg, t_pipe)}
+              "workers": workers, "torch_threads": threads, "cpu_count": os.cpu_count(),
+              "loadavg_start": load_start, "loadavg_end": _loadavg(),
+              "stages": stage_times(summary["stages"], out, t_pipe)}
     results = collect(pcfg, summary, timing, profile=where, skipped=skipped)
     atomic_write_json(out / "results.json", results)
     plotted = plot(results, out / PLOT_FILE)
@@ -174,8 +191,9 @@ def _say(msg: str) -> None:
 
 
 def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU seconds of this process and its finished children (the stage workers)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def _loadavg() -> Optional[list[float]]:
@@ -187,48 +205,17 @@ def _loadavg() -> Optional[list[float]]:
 
 # -- stage folders -> results --------------------------------------------------------
 
-def stage_folders(cfg: pipeline.PipelineConfig) -> list[tuple[str, Path]]:
-    """(label, folder) of every stage, in the order the pipeline runs them."""
-    out = Path(cfg.output_dir)
+def stage_times(records: list[dict], out: Path, t_pipe: float) -> list[dict]:
+    """Per stage: when it started (seconds after the pipeline did), its own wall time (finish -
+    start: right when stages overlap), CPU time, training steps and seconds per step (log.jsonl)."""
     rows = []
-    if any(m != "pt" for m in cfg.methods):
-        rows += [(f"teacher {t}", out / "teachers" / t) for t in cfg.sources]
-    for v in sorted({pipeline.SOURCE_VARIANT[m] for m in cfg.methods if m in pipeline.SOURCE_VARIANT}):
-        rows.append((f"distill ({v})", out / "source" / v))
-    settings = (["full"] if cfg.full_data else []) + [f"k={k}" for k in cfg.few_shot_k]
-    for setting in settings:
-        for seed in cfg.seeds:
-            for method in cfg.methods:
-                base = out / "targets" / setting.replace("=", "") / method / f"seed-{seed}"
-                groups = ["+".join(cfg.targets)] if method == "mpt_multi" else list(cfg.targets)
-                tag = "" if setting == "full" else f" {setting}"
-                rows += [(f"{method} {g}{tag} seed {seed}", base / g) for g in groups]
-    return rows
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def stage_times(out: Path, cfg: pipeline.PipelineConfig, t_pipe: float) -> list[dict]:
-    """Per stage: wall time (from the stage markers' finish times, stages run one after
-    another), training steps and seconds per step (from log.jsonl)."""
-    rows, prev = [], t_pipe
-    for label, folder in stage_folders(cfg):
-        row = {"stage": label, "folder": str(folder.relative_to(out))}
-        st = _read_json(folder / "stage.json")
-        done = st.get("finished_at")
-        if done:
-            t = time.mktime(time.strptime(done, "%Y-%m-%dT%H:%M:%S"))
-            if t + 1 < t_pipe:
-                row["wall_s"] = None  # finished in an earlier run (skipped now)
-            else:
-                row["wall_s"] = round(max(0.0, t - prev), 1)
-                prev = t
-        steps, train_s = _train_time(folder / "log.jsonl")
+    for r in records:
+        row = {"stage": r["stage"], "folder": str(Path(r["folder"]).relative_to(out))}
+        if r["skipped"]:
+            row["wall_s"] = None  # finished in an earlier run (skipped now)
+        else:
+            row.update(start_s=round(r["started"] - t_pipe, 1), wall_s=r["wall_s"], cpu_s=r["cpu_s"])
+        steps, train_s = _train_time(Path(r["folder"]) / "log.jsonl")
         if steps:
             row.update(steps=steps, train_s=round(train_s, 1), s_per_step=round(train_s / steps, 2))
         rows.append(row)
@@ -251,70 +238,94 @@ def _train_time(log: Path) -> tuple[int, float]:
     return steps, elapsed
 
 
-def _target_metrics(folder: Path) -> dict[str, dict]:
-    """task -> {test, dev, best_step, dev_history} of one target run folder."""
-    m = _read_json(folder / "metrics.json")
-    if not m:
-        return {}
-    hist = [{"step": h["step"], "dev_score": h["dev_score"]} for h in m.get("dev_history", [])]
-    if "tasks" in m:
-        return {t: {"test": v.get("test", {}), "dev": v.get("dev", {}), "best_step": m.get("best_step"),
-                    "dev_history": hist if len(m["tasks"]) == 1 else None} for t, v in m["tasks"].items()}
-    return {m["task"]: {"test": m.get("test", {}), "dev": m.get("dev", {}), "best_step": m.get("best_step"),
-                        "dev_history": hist}}
-
-
 def collect(cfg: pipeline.PipelineConfig, summary: dict, timing: dict, profile: str = "",
             skipped: Optional[dict] = None) -> dict:
-    """results.json: per setting, method, task and seed, from the stage folders."""
-    from ..tasks import get_task
-
-    out = Path(cfg.output_dir)
+    """results.json: per setting, method, task and seed, from the stage folders; MPT − PT with its interval."""
+    layout = Layout(cfg, check_data=False)
+    targets = layout.target_names()
+    runs = task_runs(layout.stages())
     settings = {}
     for setting, methods in summary.get("settings", {}).items():
         sres = settings[setting] = {}
         for method, cell in methods.items():
             tasks = {}
-            for task in cfg.targets:
-                seeds = {}
-                for seed in cfg.seeds:
-                    base = out / "targets" / setting.replace("=", "") / method / f"seed-{seed}"
-                    folder = base / ("+".join(cfg.targets) if method == "mpt_multi" else task)
-                    got = _target_metrics(folder).get(task)
-                    if got is not None:
-                        seeds[str(seed)] = got
-                scores = [s["test"].get("score") for s in seeds.values() if s["test"].get("score") is not None]
-                tasks[task] = {"metric": _metric_name(get_task(task)), "seeds": seeds,
-                               "mean": statistics.fmean(scores) if scores else None,
+            for task in targets:
+                by_seed = runs.get(setting, {}).get(method, {}).get(task, {})
+                seeds = {str(seed): {"test": r.entry["test"], "dev": r.entry["dev"], "best_step": r.best_step,
+                                     "dev_history": r.dev_history} for seed, r in by_seed.items()}
+                scores = [s["test"]["score"] for s in seeds.values()]
+                tasks[task] = {"metric": task_metric(next(iter(by_seed.values()))) if by_seed else None,
+                               "n_test": next((r.entry.get("n_test") for r in by_seed.values()), None),
+                               "seeds": seeds, "mean": statistics.fmean(scores) if scores else None,
                                "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0}
             sres[method] = {"tasks": tasks, "average": cell["average"], "params_per_task": cell["params_per_task"],
                             "percent_of_backbone": cell["percent_of_backbone"]}
-    model = cfg.model.name
-    return {"profile": profile, "model": model, "sources": cfg.sources, "targets": cfg.targets,
+    sources = [layout.names[t] for t in cfg.sources]
+    return {"profile": profile, "model": cfg.model.name, "sources": sources, "targets": targets,
             "skipped_targets": skipped or {}, "methods": cfg.methods, "seeds": cfg.seeds,
             "prompt_length": cfg.prompt.length, "rank": cfg.rank,
             "steps": {"teacher": cfg.teacher_train.max_steps, "distill": cfg.source_train.max_steps,
                       "target": cfg.target_train.max_steps},
-            "batch_size": cfg.target_train.batch_size, "settings": settings, "timing": timing,
-            "config": to_dict(cfg)}
+            "batch_size": cfg.target_train.batch_size, "settings": settings,
+            "comparison": {s: c for s in settings if (c := compare(runs.get(s, {}), targets)) is not None},
+            "timing": timing, "config": to_dict(cfg)}
 
 
-def _metric_name(task) -> str:
-    used = task.score_metrics or task.metrics
-    return "/".join(used)
+def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMPLES) -> Optional[dict]:
+    """HEADLINE[0] − HEADLINE[1] in one setting: the difference of test scores with a paired bootstrap
+    95 % interval over the test examples (and the seeds both ran), from the stages' prediction files."""
+    from ..stats import paired_bootstrap
+
+    a, b = HEADLINE
+    if a not in methods or b not in methods:
+        return None
+    seeds = [s for s in methods[a][targets[0]] if all(s in methods[m].get(t, {}) for m in HEADLINE for t in targets)]
+    if not seeds:
+        return None
+    data = {}  # task -> (task object, examples, predictions of a per seed, of b per seed)
+    for t in targets:
+        got = {m: [common.predictions(methods[m][t][s].stage.folder, t) for s in seeds] for m in HEADLINE}
+        task, examples, _ = got[a][0]
+        if any([e.uid for e in ex] != [e.uid for e in examples] for m in HEADLINE for _, ex, _ in got[m]):
+            raise ConfigError(f"{t}: {a} and {b} were tested on different examples; no paired comparison")
+        data[t] = (task, examples, [p for *_, p in got[a]], [p for *_, p in got[b]])
+
+    def diff(t: str, s: int, idx) -> float:
+        task, ex, pa, pb = data[t]
+        pick = [ex[i] for i in idx]
+        return task.score(pick, [pa[s][i] for i in idx])["score"] - task.score(pick, [pb[s][i] for i in idx])["score"]
+
+    avg, per_task = paired_bootstrap({t: len(data[t][1]) for t in targets}, len(seeds), diff, resamples)
+    return {"a": a, "b": b, "seeds": seeds, "resamples": resamples, "level": 0.95,
+            "n_test": {t: len(data[t][1]) for t in targets}, "average": avg.as_dict(),
+            "tasks": {t: iv.as_dict() for t, iv in per_task.items()}}
 
 
 # -- markdown ----------------------------------------------------------------------------
-
-METHOD_NAMES = {"pt": "PT (vanilla prompt tuning)", "spot": "SPoT-style (PT from the teachers' prompt)",
-                "mpt": "MPT (adapt P* ∘ uv)", "mpt_multi": "MPT* (targets share P*)",
-                "mpt_no_distill": "MPT, no distillation", "mpt_no_decomp": "MPT, no decomposition"}
-
 
 def _fmt(mean, std, n) -> str:
     if mean is None:
         return "—"
     return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+
+
+def _noise_lines(c: dict, targets: list[str]) -> list[str]:
+    """The headline difference, its interval, and whether the interval says anything."""
+    a, b = METHODS[c["a"]].label, METHODS[c["b"]].label
+    avg = c["average"]
+    seeds = f" and the {len(c['seeds'])} seeds" if len(c["seeds"]) > 1 else ""
+    verdict = ("the interval excludes 0: the difference is larger than the noise of these test sets"
+               if avg["excludes_zero"] else
+               "the interval includes 0: at this test-set size the difference cannot be told apart from noise")
+    lines = [f"**{a} − {b}** on the average: **{avg['diff']:+.1f}** points, paired bootstrap 95 % interval "
+             f"**[{avg['ci95_low']:+.1f}, {avg['ci95_high']:+.1f}]** (resampling the test examples of each "
+             f"task{seeds}, {c['resamples']} resamples, each task's metric recomputed); {verdict}.", "",
+             f"| target | test examples | {a} − {b} | 95 % interval | excludes 0 |", "|---|---|---|---|---|"]
+    for t in targets:
+        r = c["tasks"][t]
+        lines.append(f"| {t} | {c['n_test'][t]} | {r['diff']:+.1f} | [{r['ci95_low']:+.1f}, {r['ci95_high']:+.1f}] "
+                     f"| {'yes' if r['excludes_zero'] else 'no'} |")
+    return lines + [""]
 
 
 def markdown(results: dict, plotted: bool = True) -> str:
@@ -329,24 +340,21 @@ def markdown(results: dict, plotted: bool = True) -> str:
              f"profile {results['profile']}.", ""]
     for setting, methods in results["settings"].items():
         what = "full training data" if setting == "full" else f"few-shot {setting}"
+        first = methods[next(iter(methods))]["tasks"]
         lines += [f"## Target tasks, {what}: test score" + (f", mean ± std over {n} seeds" if n > 1 else ""), "",
-                  "| method | " + " | ".join(f"{x} ({methods[next(iter(methods))]['tasks'][x]['metric']})"
-                                            for x in targets) + " | average | trainable params / task |",
+                  "| method | " + " | ".join(f"{x} ({first[x]['metric']}" + (f", {first[x]['n_test']} test)"
+                                            if first[x]["n_test"] else ")") for x in targets)
+                  + " | average | trainable params / task |",
                   "|---" * (len(targets) + 3) + "|"]
         for method, cell in methods.items():
             avg = cell["average"]
-            lines.append(f"| {METHOD_NAMES.get(method, method)} | "
+            lines.append(f"| {METHODS[method].label} | "
                          + " | ".join(_fmt(cell["tasks"][x]["mean"], cell["tasks"][x]["std"], n) for x in targets)
                          + f" | {_fmt(avg['mean'], avg['std'], n)} | {cell['params_per_task']:,} "
                          f"({cell['percent_of_backbone']:.3f}%) |")
         lines.append("")
-        if "pt" in methods and "mpt" in methods:
-            d = methods["mpt"]["average"]["mean"] - methods["pt"]["average"]["mean"]
-            wins = [x for x in targets if (methods["mpt"]["tasks"][x]["mean"] or 0) > (methods["pt"]["tasks"][x]["mean"] or 0)]
-            lines += [f"MPT − PT on the average: **{d:+.1f}** points; MPT ahead on {len(wins)} of {len(targets)} "
-                      f"targets{(' (' + ', '.join(wins) + ')') if wins else ''}. Same steps, batch, data and "
-                      "evaluation for both; scores are on small test sets, so differences of a few points "
-                      "are within noise.", ""]
+        if setting in results.get("comparison", {}):
+            lines += _noise_lines(results["comparison"][setting], targets)
     if results.get("skipped_targets"):
         lines += ["Skipped targets (no original files in the data folder): "
                   + ", ".join(results["skipped_targets"]) + ".", ""]
@@ -354,22 +362,20 @@ def markdown(results: dict, plotted: bool = True) -> str:
         lines += [f"![dev metric against step]({PLOT_FILE})", ""]
     lines += ["## Time", "",
               f"Total **{t['total_s'] / 60:.1f} min** wall ({t['cpu_s'] / 60:.1f} min CPU) on {t['cpu_count']} "
-              f"CPU core(s), {t['torch_threads']} torch thread(s); assets {t['assets_s']:.0f}s; load average "
-              f"{t['loadavg_start']} at the start, {t['loadavg_end']} at the end (above the core count means "
-              "other work shared the CPU).", "",
-              "| stage | wall (s) | steps | s / step |", "|---|---|---|---|"]
+              f"CPU core(s), {t['workers']} stage process(es) x {t['torch_threads']} torch thread(s); assets "
+              f"{t['assets_s']:.0f}s; load average {t['loadavg_start']} at the start, {t['loadavg_end']} at the end "
+              "(above the core count means other work shared the CPU). Stages overlap: each row's wall time is "
+              "its own, from its start to its finish.", "",
+              "| stage | start (s) | wall (s) | CPU (s) | steps | s / step |", "|---|---|---|---|---|---|"]
     for r in t["stages"]:
-        wall = "earlier run" if r.get("wall_s") is None and "wall_s" in r else r.get("wall_s", "—")
-        lines.append(f"| {r['stage']} | {wall} | {r.get('steps', '—')} | {r.get('s_per_step', '—')} |")
+        wall = "earlier run" if r["wall_s"] is None else r["wall_s"]
+        lines.append(f"| {r['stage']} | {r.get('start_s', '—')} | {wall} | {r.get('cpu_s', '—')} | "
+                     f"{r.get('steps', '—')} | {r.get('s_per_step', '—')} |")
     lines.append("")
     return "\n".join(lines)
 
 
 # -- plot ----------------------------------------------------------------------------------
-
-COLORS = {"pt": "tab:gray", "mpt": "tab:red", "spot": "tab:blue", "mpt_multi": "tab:orange",
-          "mpt_no_distill": "tab:purple", "mpt_no_decomp": "tab:green"}
-
 
 def plot(results: dict, path: Path) -> bool:
     """Dev metric against step, one panel per target, one line per method (mean over seeds)."""
@@ -400,7 +406,7 @@ def plot(results: dict, path: Path) -> bool:
             for st in steps:
                 vals = [h["dev_score"] for c in curves for h in c if h["step"] == st]
                 ys.append(statistics.fmean(vals))
-            ax.plot(steps, ys, marker="o", ms=3, color=COLORS.get(method), label=method)
+            ax.plot(steps, ys, marker="o", ms=3, color=METHODS[method].colour, label=METHODS[method].label)
             any_line = True
         metric = next(iter(methods.values()))["tasks"][task]["metric"]
         ax.set_title(task, fontsize=10)
@@ -420,4 +426,3 @@ def plot(results: dict, path: Path) -> bool:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
-

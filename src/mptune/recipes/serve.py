@@ -127,4 +127,11 @@ def run(cfg: ServeConfig) -> None:
         uvicorn.run(create_app(cfg, server), **opts)
         return
     os.environ[CONFIG_ENV] = json.dumps(to_dict(cfg))
-    uvicorn.run("mptune.serve.app:app_from_env", factory=True, workers=cfg.workers, **opts)
+    uvicorn.run("mptune.recipes.serve:app_from_env", factory=True, workers=cfg.workers, **opts)
+
+
+def app_from_env():
+    """uvicorn factory for worker processes: the ServeConfig comes as JSON in $MPTUNE_SERVE_CONFIG."""
+    from ..serve.app import CONFIG_ENV, create_app
+
+    return create_app(config_from_dict(json.loads(os.environ[CONFIG_ENV])))

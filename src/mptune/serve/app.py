@@ -15,7 +15,6 @@ JSON, 404 unknown task or source, 409 name conflicts, 422 invalid fields or inpu
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -209,10 +208,3 @@ def create_app(cfg, server: Optional[Server] = None) -> FastAPI:
         return (await synced()).health()
 
     return app
-
-
-def app_from_env() -> FastAPI:
-    """uvicorn factory for worker processes: the ServeConfig comes as JSON in $MPTUNE_SERVE_CONFIG."""
-    from ..recipes.serve import config_from_dict
-
-    return create_app(config_from_dict(json.loads(os.environ[CONFIG_ENV])))

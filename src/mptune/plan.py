@@ -1,0 +1,252 @@
+"""The run layout: one table of methods, one plan of stages.
+
+``plan(cfg)`` turns a pipeline config (:class:`mptune.recipes.pipeline.PipelineConfig`)
+into the stages that ``mptune run``, ``mptune quickstart`` and the quality benchmark
+execute (with :func:`mptune.runner.run_plan`), each an ordinary recipe writing its
+own self-describing folder under ``output_dir``::
+
+    teachers/<task>/                                  prompt-tune, one per source task
+    source/<variant>/                                 distill, one per source variant (SOURCES)
+    targets/<setting>/<method>/seed-<s>/<task>/       one target run; MPT* writes <task1>+<task2>...
+
+``setting`` is ``full`` or ``k<k>`` (few-shot, k per class). A target stage depends
+on the stages it starts from (SPoT: the teachers; MPT: its source variant, which
+depends on the teachers); teachers and source variants are planned only when a
+target needs them. Adding a method = one row of METHODS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+
+from .config import DataConfig, PromptInit, TrainConfig
+from .recipes import adapt, common, distill, prompt_tune
+
+if TYPE_CHECKING:
+    from .recipes.pipeline import PipelineConfig
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One recipe run: its folder, its config, and the stages that must finish first."""
+
+    name: str  # "teacher vader_amazon", "distill (mpt)", "mpt vader_tweets k=16 seed 1"
+    folder: Path
+    kind: str  # the recipe (its CLI command and stage.json marker): prompt-tune | distill | adapt
+    run: Callable[[Any], dict]  # the recipe's run(config)
+    config: Any  # the recipe's config dataclass
+    needs: tuple[str, ...] = ()  # names of stages this one starts from
+    method: Optional[str] = None  # target stages: which cell of the results table they fill
+    setting: Optional[str] = None  # "full" | "k=16"
+    seed: Optional[int] = None
+    tasks: tuple[str, ...] = ()
+
+    def done(self) -> bool:
+        return common.stage_done(self.folder, self.kind)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (setting, seed) of the target matrix: the data and optimisation every method gets there."""
+
+    setting: str
+    seed: int
+    data: DataConfig
+    train: TrainConfig
+
+
+class Layout:
+    """Where each stage of a pipeline config lives, what it runs and what it needs. Stage folders are
+    named by task name (a task file's ``name``); every task file is checked when the layout is made."""
+
+    def __init__(self, cfg: PipelineConfig, check_data: bool = True):
+        self.cfg, self.out = cfg, Path(cfg.output_dir)
+        self.names = {spec: t.name for key in ("sources", "targets") for spec, t in
+                      zip(getattr(cfg, key), common.resolve_tasks(getattr(cfg, key), cfg.data, key,
+                                                                  check_data=check_data))}
+
+    def teacher(self, spec: str) -> Stage:
+        cfg, name = self.cfg, self.names[spec]
+        folder = self.out / "teachers" / name
+        return Stage(f"teacher {name}", folder, "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
+            model=cfg.model, task=spec, output_dir=str(folder), prompt=cfg.prompt, data=cfg.data,
+            train=cfg.teacher_train), tasks=(name,))
+
+    def source(self, variant: str) -> Stage:
+        cfg = self.cfg
+        folder = self.out / "source" / variant
+        config = SOURCES[variant](distill.DistillConfig(
+            model=cfg.model, tasks=cfg.sources, output_dir=str(folder), teachers_dir=str(self.out / "teachers"),
+            rank=cfg.rank, prompt=cfg.prompt, distill=cfg.distill, sampling=cfg.sampling, data=cfg.data,
+            train=cfg.source_train))
+        needs = tuple(self.teacher(t).name for t in cfg.sources)
+        return Stage(f"distill ({variant})", folder, "distill", distill.run, config, needs,
+                     tasks=tuple(self.names[t] for t in cfg.sources))
+
+    def cells(self) -> list[Cell]:
+        """Every (setting, seed): splits stay fixed (data.seed); the seed varies init, order and few-shot draw."""
+        cfg = self.cfg
+        out = []
+        for setting in settings(cfg):
+            data = cfg.data if setting == "full" else dataclasses.replace(cfg.data, few_shot_k=int(setting[2:]))
+            out += [Cell(setting, seed, data, dataclasses.replace(cfg.target_train, seed=seed)) for seed in cfg.seeds]
+        return out
+
+    def target(self, c: Cell, method: str, specs: list[str], kind: str, run: Callable,
+               make_config: Callable[[str], Any], needs: tuple[str, ...] = ()) -> Stage:
+        """One target run: targets/<setting>/<method>/seed-<s>/<task>[+<task>...]; make_config(folder)."""
+        names = [self.names[t] for t in specs]
+        group = "+".join(names)
+        folder = self.out / "targets" / c.setting.replace("=", "") / method / f"seed-{c.seed}" / group
+        tag = "" if c.setting == "full" else f" {c.setting}"
+        return Stage(f"{method} {group}{tag} seed {c.seed}", folder, kind, run, make_config(str(folder)), needs,
+                     method, c.setting, c.seed, tuple(names))
+
+    def stages(self) -> list[Stage]:
+        """Every stage, in an order that runs one after another (dependencies first): the teachers and
+        source variants the targets need, then per (setting, seed) each method's target runs."""
+        cfg = self.cfg
+        targets = [s for c in self.cells() for m in cfg.methods for s in METHODS[m].build(self, METHODS[m], c)]
+        needed = {n for s in targets for n in s.needs}
+        sources = [s for s in (self.source(v) for v in SOURCES) if s.name in needed]
+        needed |= {n for s in sources for n in s.needs}
+        return [s for s in (self.teacher(t) for t in cfg.sources) if s.name in needed] + sources + targets
+
+    def target_names(self) -> list[str]:
+        return [self.names[t] for t in self.cfg.targets]
+
+
+# -- the methods ---------------------------------------------------------------------------
+
+def _pt(lay: Layout, m: Method, c: Cell) -> list[Stage]:
+    """Prompt tuning per target, from sampled vocabulary (Lester et al.)."""
+    cfg = lay.cfg
+    return [lay.target(c, m.name, [t], "prompt-tune", prompt_tune.run, lambda f, t=t: prompt_tune.PromptTuneConfig(
+        model=cfg.model, task=t, output_dir=f, prompt=cfg.prompt, data=c.data, train=c.train)) for t in cfg.targets]
+
+
+def _spot(lay: Layout, m: Method, c: Cell) -> list[Stage]:
+    """Prompt tuning per target, from the teachers' average prompt (or spot_source's teacher)."""
+    cfg = lay.cfg
+    teachers = [lay.teacher(s) for s in ([cfg.spot_source] if cfg.spot_source else cfg.sources)]
+    prompt = dataclasses.replace(cfg.prompt, init=PromptInit.prompts, init_from=[str(t.folder) for t in teachers])
+    return [lay.target(c, m.name, [t], "prompt-tune", prompt_tune.run, lambda f, t=t: prompt_tune.PromptTuneConfig(
+        model=cfg.model, task=t, output_dir=f, prompt=prompt, data=c.data, train=c.train),
+        tuple(s.name for s in teachers)) for t in cfg.targets]
+
+
+def _adapt(lay: Layout, m: Method, c: Cell, specs: list[str]) -> Stage:
+    cfg, source = lay.cfg, lay.source(m.source)
+    return lay.target(c, m.name, specs, "adapt", adapt.run, lambda f: adapt.AdaptConfig(
+        tasks=specs, output_dir=f, source=str(source.folder), model=cfg.model, rank=cfg.rank, init=cfg.adapt.init,
+        lr_shared=cfg.adapt.lr_shared, lr_task=cfg.adapt.lr_task, freeze_shared=cfg.adapt.freeze_shared,
+        sampling=cfg.sampling, data=c.data, train=c.train), (source.name,))
+
+
+def _adapt_each(lay: Layout, m: Method, c: Cell) -> list[Stage]:
+    """MPT adaptation per target from the source variant's P*."""
+    return [_adapt(lay, m, c, [t]) for t in lay.cfg.targets]
+
+
+def _adapt_together(lay: Layout, m: Method, c: Cell) -> list[Stage]:
+    """All targets share one P*, each with its own u, v (MPT*)."""
+    return [_adapt(lay, m, c, list(lay.cfg.targets))]
+
+
+Role = Literal["main", "baseline", "ablation", "variant"]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str  # row label in results tables
+    colour: str  # line colour in plots (matplotlib)
+    role: Role  # main comparison, baseline, ablation of MPT, variant of MPT
+    source: Optional[str]  # the source-training variant (SOURCES) it adapts from; None: no source stage
+    build: Callable[[Layout, "Method", Cell], list[Stage]]  # its target stages in one Cell
+    about: str
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("pt", "PT", "tab:gray", "main", None, _pt, "vanilla prompt tuning from sampled vocabulary"),
+    Method("spot", "SPoT-style (teachers' avg)", "tab:blue", "baseline", None, _spot,
+           "prompt tuning started from the teachers' average prompt, or spot_source's (SPoT-style)"),
+    Method("mpt", "MPT", "tab:red", "main", "mpt", _adapt_each, "MPT: adapt P* ∘ (u v) from the distilled source"),
+    Method("mpt_multi", "MPT*", "tab:orange", "variant", "mpt", _adapt_together,
+           "MPT*: all targets share one P*, each with its own u, v"),
+    Method("mpt_no_distill", "MPT w/o distillation", "tab:purple", "ablation", "no_distill", _adapt_each,
+           "ablation: source training with the task loss only (λ = 0)"),
+    Method("mpt_no_decomp", "MPT w/o decomposition", "tab:green", "ablation", "no_decomp", _adapt_each,
+           "ablation: one shared distilled source prompt (no u, v in source training)"),
+]}
+MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the config's choices come from the table
+ROLES: tuple[Role, ...] = ("main", "baseline", "ablation", "variant")
+
+# Source-training variant -> how its distill config differs from the pipeline's.
+SOURCES: dict[str, Callable[[distill.DistillConfig], distill.DistillConfig]] = {
+    "mpt": lambda d: d,
+    "no_distill": lambda d: dataclasses.replace(d, distill=dataclasses.replace(d.distill, weight=0.0)),
+    "no_decomp": lambda d: dataclasses.replace(d, decompose=False),  # u, v frozen at 1
+}
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+def settings(cfg: PipelineConfig) -> list[str]:
+    """"full" (unless full_data=false), then "k=<k>" per few-shot k."""
+    return (["full"] if cfg.full_data else []) + [f"k={k}" for k in cfg.few_shot_k]
+
+
+def plan(cfg: PipelineConfig) -> list[Stage]:
+    """Every stage of the run, dependencies first (see Layout.stages)."""
+    return Layout(cfg).stages()
+
+
+def targets_of(stages: list[Stage]) -> list[Stage]:
+    return [s for s in stages if s.method is not None]
+
+
+# -- results: one reader for every consumer ----------------------------------------------
+
+@dataclass
+class TaskRun:
+    """One target task of one target stage: its metrics.json entry and the stage-wide fields."""
+
+    stage: Stage
+    task: str
+    entry: dict  # metrics.json "tasks"[task]: dev, test, n_test, predictions, ...
+    best_step: Optional[int]
+    dev_history: Optional[list[dict]]  # None when several tasks shared the selection (MPT*)
+    params_per_task: int
+    backbone_params: int
+
+
+def task_runs(stages: list[Stage]) -> dict[str, dict[str, dict[str, dict[int, TaskRun]]]]:
+    """setting -> method -> task -> seed -> TaskRun, for the finished target stages (in plan order)."""
+    table: dict = {}
+    for s in targets_of(stages):
+        m = common.read_metrics(s.folder)
+        if not m:
+            continue
+        tasks = m["tasks"]
+        for task, entry in tasks.items():
+            run = TaskRun(s, task, entry, m.get("best_step"), m.get("dev_history") if len(tasks) == 1 else None,
+                          m["trainable_params"] // len(tasks), m["backbone_params"])
+            table.setdefault(s.setting, {}).setdefault(s.method, {}).setdefault(task, {})[s.seed] = run
+    return table
+
+
+def task_metric(run: TaskRun) -> str:
+    """The metric name(s) behind a task's score, e.g. "accuracy" or "f1/accuracy" (a user task's
+    definition is read from its stage folder)."""
+    from .tasks.resolve import resolve_task
+
+    t = resolve_task(run.task, folder=run.stage.folder, check_data=False)
+    return "/".join(t.score_metrics or t.metrics)
+
+
+__all__ = ["Cell", "Layout", "METHODS", "Method", "MethodName", "ROLES", "SOURCES", "Stage", "TaskRun", "plan",
+           "settings", "targets_of", "task_metric", "task_runs"]

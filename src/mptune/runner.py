@@ -1,0 +1,149 @@
+"""Run a plan of stages (:func:`mptune.plan.plan`): skip finished ones, run the rest,
+optionally on several worker processes.
+
+A stage whose folder is complete (stage.json) is skipped; an unfinished one resumes
+from its checkpoints (the recipes do that). With ``workers > 1`` each stage runs in
+one of ``workers`` spawned processes with ``threads`` torch threads; a stage starts
+as soon as the stages it needs are done, earliest in the plan first. On a small
+model two 1-thread processes usually get more out of 2 cores than one 2-thread
+process (small matrices parallelise poorly). ``workers = 1`` runs in this process.
+Spawned workers import the caller's main module, so a script that calls this with
+``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
+
+A worker's stage writes its progress bars and messages to ``<folder>/output.log``
+(side by side they would garble the terminal); this process prints one line as
+each stage starts and finishes. Every stage gets a record: start and finish times
+(epoch seconds, so stages that overlapped keep their own wall time) and the CPU
+seconds of its process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from typing import Callable, Optional, Sequence
+
+from .config import ConfigError
+from .plan import Stage
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false"}  # the workers' environment: no tokenizer threads on top
+LOG_FILE = "output.log"  # a worker's stage writes its progress bars and messages here, not to the terminal
+
+
+def _run_stage(stage: Stage, to_log: bool = False) -> dict:
+    """Run one stage (in whichever process calls this); its times. `to_log`: its stdout and stderr go
+    to <folder>/output.log (stages running side by side would interleave their progress bars)."""
+    t0, c0 = time.time(), time.process_time()
+    if to_log:
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        with open(stage.folder / LOG_FILE, "a", encoding="utf-8") as f, \
+                contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            stage.run(stage.config)
+    else:
+        stage.run(stage.config)
+    return {"started": round(t0, 3), "finished": round(time.time(), 3), "cpu_s": round(time.process_time() - c0, 1)}
+
+
+def record(stage: Stage, times: Optional[dict]) -> dict:
+    """What happened to a stage in this launch: skipped (finished earlier) or ran, with its times."""
+    rec = {"stage": stage.name, "folder": str(stage.folder), "skipped": times is None}
+    if times is not None:
+        rec.update(times, wall_s=round(times["finished"] - times["started"], 1))
+    return rec
+
+
+def check(stages: Sequence[Stage]) -> None:
+    """Names unique, every dependency planned before its dependant."""
+    seen: set[str] = set()
+    for s in stages:
+        if s.name in seen:
+            raise ConfigError(f"plan: two stages are named {s.name!r}")
+        missing = [n for n in s.needs if n not in seen]
+        if missing:
+            raise ConfigError(f"plan: stage {s.name!r} needs {missing}, which are not planned before it")
+        seen.add(s.name)
+
+
+def run_plan(stages: Sequence[Stage], workers: int = 1, threads: Optional[int] = None,
+             say: Callable[[str], None] = _say) -> list[dict]:
+    """Run `stages` (a plan, dependencies first); one record per stage, in plan order.
+
+    A failing stage stops the launch: stages already running finish, nothing new
+    starts, and the error is raised (finished stages stay finished for a rerun)."""
+    if workers < 1:
+        raise ConfigError(f"workers: must be >= 1, got {workers}")
+    check(stages)
+    times: dict[str, Optional[dict]] = {}
+    pending = []
+    for s in stages:
+        if s.done():
+            times[s.name] = None
+            say(f"[skip] {s.name} ({s.folder} already complete)")
+        else:
+            pending.append(s)
+    if pending:
+        if workers == 1:
+            _set_threads(threads)
+            for s in pending:
+                say(f"start {s.name}")
+                times[s.name] = _run_stage(s)
+                say(f"done  {s.name} ({times[s.name]['finished'] - times[s.name]['started']:.0f}s)")
+        else:
+            _run_parallel(pending, times, workers, threads, say)
+    return [record(s, times[s.name]) for s in stages]
+
+
+def _run_parallel(pending: list[Stage], times: dict, workers: int, threads: Optional[int], say) -> None:
+    added = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+    os.environ.update(added)  # spawned workers copy this process's environment when they start
+    try:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_set_threads,
+                                 initargs=(threads,)) as pool:
+            error = _schedule(pool, pending, times, workers, say)
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+    if error is not None:
+        raise error
+
+
+def _schedule(pool, pending: list[Stage], times: dict, workers: int, say) -> Optional[BaseException]:
+    """Start each stage whose dependencies are done while a worker is free (earliest in the plan first);
+    after a failure start nothing new. The first error, once the running stages are done."""
+    running: dict[Future, Stage] = {}
+    error: Optional[BaseException] = None
+    while running or (pending and error is None):
+        ready = [s for s in pending if all(n in times for n in s.needs)] if error is None else []
+        for s in ready[: workers - len(running)]:
+            pending.remove(s)
+            running[pool.submit(_run_stage, s, True)] = s
+            say(f"start {s.name}")
+        if not running:  # cannot happen for a checked plan; never wait on nothing
+            raise ConfigError(f"plan: no stage can start; waiting: {[s.name for s in pending]}")
+        finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+        for f in finished:
+            s = running.pop(f)
+            try:
+                times[s.name] = f.result()
+            except BaseException as e:  # noqa: BLE001 - raised once the running stages are done
+                say(f"FAILED {s.name}: {type(e).__name__}: {e} (its output: {s.folder / LOG_FILE})")
+                error = error or e
+                continue
+            say(f"done  {s.name} ({times[s.name]['finished'] - times[s.name]['started']:.0f}s)")
+    return error

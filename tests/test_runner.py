@@ -1,0 +1,75 @@
+"""The plan runner (mptune.runner): dependencies, parallel stages, skipping, failures.
+Stages here are a fake recipe that sleeps; the spawned workers import it from this module."""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mptune.config import ConfigError
+from mptune.plan import Stage
+from mptune.recipes import common
+from mptune.runner import run_plan
+
+
+@dataclass
+class NapConfig:
+    output_dir: str
+    seconds: float = 1.0
+    fail: bool = False
+
+
+def nap(cfg: NapConfig) -> dict:
+    print(f"napping {cfg.seconds}s")
+    time.sleep(cfg.seconds)
+    if cfg.fail:
+        raise ValueError(f"{cfg.output_dir}: boom")
+    common.write_stage(Path(cfg.output_dir), "nap", cfg)
+    return {}
+
+
+def _stage(root: Path, name: str, needs=(), **kw) -> Stage:
+    return Stage(name, root / name, "nap", nap, NapConfig(str(root / name), **kw), tuple(needs))
+
+
+def test_parallel_stages_keep_their_own_wall_time_and_wait_for_dependencies(tmp_path):
+    stages = [_stage(tmp_path, "a"), _stage(tmp_path, "b", seconds=1.5), _stage(tmp_path, "c", ["a", "b"])]
+    recs = {r["stage"]: r for r in run_plan(stages, workers=2, threads=1, say=lambda m: None)}
+    a, b, c = recs["a"], recs["b"], recs["c"]
+    assert a["started"] < b["finished"] and b["started"] < a["finished"]  # a and b overlapped
+    assert c["started"] >= max(a["finished"], b["finished"])  # c waited for both
+    for r, slept in ((a, 1.0), (b, 1.5), (c, 1.0)):  # each its own start -> finish, not a gap between finishes
+        assert r["wall_s"] == pytest.approx(r["finished"] - r["started"], abs=0.06)
+        assert slept <= r["wall_s"] < slept + 2 and not r["skipped"]
+    assert all((tmp_path / n / "stage.json").is_file() for n in "abc")
+    assert (tmp_path / "b" / "output.log").read_text() == "napping 1.5s\n"  # a worker's output: in its folder
+
+    again = run_plan(stages, workers=2, say=lambda m: None)  # rerun: all finished, nothing started
+    assert [r["skipped"] for r in again] == [True] * 3 and all("wall_s" not in r for r in again)
+
+
+def test_a_failing_stage_stops_what_depends_on_it(tmp_path):
+    stages = [_stage(tmp_path, "a", seconds=0.1), _stage(tmp_path, "b", seconds=0.1, fail=True),
+              _stage(tmp_path, "c", ["b"], seconds=0.1)]
+    for workers in (1, 2):
+        with pytest.raises(ValueError, match="boom"):
+            run_plan(stages, workers=workers, say=lambda m: None)
+        assert (tmp_path / "a" / "stage.json").is_file() and not (tmp_path / "c").exists()
+
+
+def test_in_process_runner_runs_in_plan_order(tmp_path):
+    said = []
+    stages = [_stage(tmp_path, "a", seconds=0), _stage(tmp_path, "b", ["a"], seconds=0)]
+    recs = run_plan(stages, workers=1, say=said.append)
+    assert recs[0]["finished"] <= recs[1]["started"]
+    assert said == ["start a", said[1], "start b", said[3]] and said[1].startswith("done  a")
+
+
+def test_plan_order_and_names_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="needs \\['b'\\]"):
+        run_plan([_stage(tmp_path, "a", ["b"]), _stage(tmp_path, "b")], say=lambda m: None)
+    with pytest.raises(ConfigError, match="two stages are named 'a'"):
+        run_plan([_stage(tmp_path, "a"), _stage(tmp_path, "a")], say=lambda m: None)
+    with pytest.raises(ConfigError, match="workers"):
+        run_plan([], workers=0)
