@@ -121,3 +121,24 @@ def test_collect_only_rewrites_the_committed_results_byte_for_byte(tmp_path, mon
                      "--controls", ",".join(res["controls"]), "--collect-only"]) == 0
     assert (tmp_path / "results.json").read_bytes() == path.read_bytes()
     assert (tmp_path / "results.md").read_bytes() == path.with_suffix(".md").read_bytes()
+
+
+def test_collect_only_describes_a_run_that_used_a_newer_option(tmp_path, monkeypatch):
+    """The committed config block is kept only while every option added since is at its default."""
+    import json
+    import shutil
+
+    import yaml
+
+    path = HERE / "results.json"
+    res = json.loads(path.read_text())
+    _stage_folders(tmp_path, res, legacy=False)
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(res["config"]))
+    shutil.copy(path, tmp_path / "results.json")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(HERE))
+    assert _load("run").main(["--config", "pipeline.yaml", "--model", "m", "--data-dir", ".", "--results", ".",
+                              "--collect-only", "--set", "target_train.test_limit=100"]) == 0
+    new = json.loads((tmp_path / "results.json").read_text())
+    assert new["config"]["target_train"]["test_limit"] == 100 and new["results"] == res["results"]
+    assert "test_limit" not in res["config"]["target_train"]

@@ -234,17 +234,13 @@ def _timing_line(t: dict) -> str:
 EXECUTION = ("workers", "threads")  # how the stages ran, not what they computed: recorded under "timing"
 
 
-# Options added after the committed runs, at the value that reproduces what those runs did.
-ADDED_SINCE = {"token_reduction": "mean", "hidden_reduction": "mean", "shared_init": "teachers", "task_init": "ones"}
-
-
-def _same_run(old, new) -> bool:
-    """`new` describes the run `old` does: equal on every key of `old`; keys added since are null
-    or at their old behaviour (ADDED_SINCE)."""
+def _same_run(old, new, default) -> bool:
+    """`new` describes the run `old` does: equal on every key of `old`; the keys added since (options
+    newer than `old`) hold their defaults, i.e. they were not used."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return (all(k in new and _same_run(v, new[k]) for k, v in old.items())
-                and all(new[k] is None or (k in ADDED_SINCE and new[k] == ADDED_SINCE[k])
-                        for k in new.keys() - old.keys()))
+        default = default if isinstance(default, dict) else {}
+        return (all(k in new and _same_run(v, new[k], default.get(k)) for k, v in old.items())
+                and all(k in default and new[k] == default[k] for k in new.keys() - old.keys()))
     return old == new
 
 
@@ -260,7 +256,9 @@ def write_results(args, argv, cfg, planned: list, fewshot: list[str], wall_s, jo
     if wall_s is None:  # --collect-only: keep the timing of the run that made the folders, if any
         timing = old.get("timing") or {"wall_s": None, "workers": None, "threads": None, "partial": True}
         command = old.get("command") or "python benchmarks/quality_cpu/run.py"
-        if _same_run(old.get("config"), config):  # and its description, written before any newer (null) keys
+        required = {k: base[k] for k in ("model", "sources", "targets", "output_dir")}
+        default = {**to_dict(type(cfg)(**{**required, "model": cfg.model})), **required}
+        if _same_run(old.get("config"), config, default):  # and its description, written before newer options
             config = old["config"]
     else:
         timing = {"wall_s": round(wall_s, 1), "workers": args.workers, "threads": args.threads, "jobs": jobs,
