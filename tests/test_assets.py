@@ -447,5 +447,5 @@ def test_quickstart_on_a_fresh_machine_fetches_vader_only(tmp_path, monkeypatch,
     assert sorted(p.name for p in (cache / "data" / "vader").iterdir()) == sorted(files)
     assert _no_temp_left(cache)
     res = json.loads((out / "results.json").read_text())
-    assert res["targets"] == ["vader_tweets", "vader_movie"] and set(res["skipped_targets"]) == {"sst2"}
+    assert res["targets"] == ["vader_movie", "vader_tweets"] and set(res["skipped_targets"]) == {"sst2"}
     assert all(c["average"]["mean"] is not None for c in res["settings"]["full"].values())
