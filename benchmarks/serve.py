@@ -259,7 +259,7 @@ def main() -> None:
         "model": f"SmolLM2-135M-shaped random Llama ({layers} layers), SmolLM2 tokenizer", "prompt_len": L,
         "inputs": "5-15 made-up words under the SST-2 template, 2 label words", "clients": CLIENTS,
         "max_batch": MAX_BATCH, "max_wait_ms": MAX_WAIT_S * 1000, "requests_per_round": R, "rounds": rounds,
-        "peft_requests": RP, "threads": 2}, "memory": memory, "results": {str(k): v for k, v in results.items()}}
+        "peft_requests": RP, "threads": 2, "sdpa_gqa": engine.adapter.sdpa_gqa}, "memory": memory, "results": {str(k): v for k, v in results.items()}}
     md = markdown(res)
     print(md)
     if a.quick:

@@ -11,8 +11,8 @@ Shared-prefix fast path (decoder-only backbones, ``model.fast_prefix``, on by de
 the machinery is in fastpath.py): the prompt is run once per *distinct task in the batch*
 (with gradient) and the text tokens run with its keys/values as a read-only prefix cache.
 Same logits, hidden states and prompt gradients as the plain path, at about the cost of
-the text alone. Rank classification runs each source once and its choices against the
-source's cache; generation decodes greedily from the prefilled cache. :meth:`Backbone.prefix`
+the text alone. Rank classification runs each source once with all its choices in the same
+row (tree attention); generation decodes greedily from the prefilled cache. :meth:`Backbone.prefix`
 turns a prompt table into its keys/values once, for reuse across no-grad batches. The first
 use checks the fast path against the plain path on a tiny probe and falls back (with a
 warning) where a model does not support it (sliding window or hybrid caches, models that
@@ -185,14 +185,16 @@ class Backbone(nn.Module):
                 return TargetOutput(out.logits, labels)
             return TargetOutput(out.logits, labels, out.decoder_hidden_states[-1], out.encoder_last_hidden_state[:, l:])
         out = self.model(inputs_embeds=emb, attention_mask=mask, position_ids=position_ids(mask),
-                         output_hidden_states=hidden, use_cache=False, logits_to_keep=labels.shape[1] + 1)
+                         output_hidden_states=hidden, use_cache=False,
+                         logits_to_keep=fastpath.keep_last(labels.shape[1] + 1, emb.shape[1], emb.device))
         return _row_targets(out, labels, hidden, text_from=l)
 
     def _forward_fast(self, prompts: torch.Tensor, batch: dict, hidden: bool = False) -> TargetOutput:
         kv, rows = fastpath.prompt_kv_for(self, prompts, batch["task_index"])
         labels = batch["labels"]
-        out = fastpath.run_text(self, kv, rows, self.embed(batch["input_ids"]), batch["attention_mask"],
-                                output_hidden_states=hidden, logits_to_keep=labels.shape[1] + 1)
+        ids = batch["input_ids"]
+        out = fastpath.run_text(self, kv, rows, self.embed(ids), batch["attention_mask"], output_hidden_states=hidden,
+                                logits_to_keep=fastpath.keep_last(labels.shape[1] + 1, ids.shape[1], ids.device))
         return _row_targets(out, labels, hidden, text_from=0)  # the output covers the text only
 
     # -- no-grad use: rank classification and generation ----------------------
