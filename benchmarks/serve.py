@@ -283,6 +283,9 @@ def markdown(res: dict) -> str:
                           zip(r["methods"]["mptune serve"]["runs"], r["methods"]["floor (no prompt)"]["runs"]))
               for key in ("requests_per_s", "requests_per_cpu_s")}
     q = {k: statistics.quantiles(v, n=4) for k, v in pooled.items()}
+    m100 = res["results"]["100"]["methods"]
+    k100 = sorted(m["requests_per_s"] / f["requests_per_s"]
+                  for m, f in zip(m100["mptune serve"]["runs"], m100["floor (no prompt)"]["runs"]))
     load = res["environment"]["load_average_at_start"]
     return "\n".join([
         "# mptune serve: many task prompts on one backbone", "",
@@ -297,7 +300,8 @@ def markdown(res: dict) -> str:
                          "mptune / PEFT one at a time"], ratio_rows), "",
         "## Targets (K = 100 tasks mixed)", "",
         f"* >= 0.9x the floor's throughput: **{'met' if floor_ok else 'not met'}** in this run "
-        f"({r100['mptune / floor throughput']:.2f}x wall, {r100['mptune / floor throughput (CPU time)']:.2f}x CPU time). "
+        f"({r100['mptune / floor throughput']:.2f}x wall, {r100['mptune / floor throughput (CPU time)']:.2f}x CPU time; "
+        f"its {len(k100)} rounds {k100[0]:.2f}-{k100[-1]:.2f}x wall). "
         f"Every round of every K pooled ({len(pooled['requests_per_s'])} rounds, the same work per request): median "
         f"{statistics.median(pooled['requests_per_s']):.2f}x wall, {statistics.median(pooled['requests_per_cpu_s']):.2f}x "
         f"CPU time; single rounds range {pooled['requests_per_s'][0]:.2f}-{pooled['requests_per_s'][-1]:.2f}x wall, "
