@@ -187,7 +187,7 @@ def test_rows_with_an_empty_source_use_the_plain_path(tiny_llama_dir):
     torch.testing.assert_close(fast(table, batch).logits, plain(table, batch).logits)
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2", "llama-eager"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2", "gemma", "llama-eager"])
 def test_rank_scores_match_plain(kind, tiny_llama_dir):
     fast, plain = _pair(kind.removesuffix("-eager"), tiny_llama_dir)
     if kind.endswith("-eager"):  # the 4D mask is additive, as eager attention adds it
@@ -203,7 +203,7 @@ def test_rank_scores_match_plain(kind, tiny_llama_dir):
     batch, rows = collate_choices(feats, ids, fast.kind, fast.pad_id)
     table = _table(fast).detach()
     got, want = fast.score_choices(table, batch), plain.score_choices(table, batch)
-    assert got.shape == (len(rows),)
+    assert fast.tree_choices and got.shape == (len(rows),)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
@@ -283,6 +283,22 @@ def test_rank_scores_equal_one_row_per_choice(layout, tiny_llama_dir, monkeypatc
     # tree: in one pass, 3 choice blocks (the most choices of an example) of T - 1 slots after each source
     passes = [(B, S), (N, T - 1)] if layout == "two_pass" else [(B, S + 3 * (T - 1))]
     assert seen == [(2, 4), *passes]
+
+
+def test_models_ignoring_4d_masks_score_in_two_passes(tiny_llama_dir, monkeypatch, caplog):
+    """The probe compares the one-row layout with plain rows: a model that scored it wrongly (here:
+    made to) ranks in two passes, with the plain path's scores."""
+    tree = fastpath._score_tree
+    monkeypatch.setattr(fastpath, "_score_tree", lambda bb, kv, b: tree(bb, kv, b) + 1.0)
+    fast, plain = _pair("llama", tiny_llama_dir)
+    with caplog.at_level(logging.INFO, logger="mptune.backbone"):
+        assert fast.uses_fast_prefix and not fast.tree_choices
+    assert "takes two passes" in caplog.text
+    _, _, (batch, _) = _rank_batch(fast)
+    table = _table(fast).detach()
+    torch.testing.assert_close(fast.score_choices(table, batch), plain.score_choices(table, batch), atol=1e-5, rtol=0)
+    monkeypatch.setattr(fastpath, "_score_tree", tree)
+    assert _pair("llama", tiny_llama_dir)[0].tree_choices
 
 
 def test_cpu_sdpa_gqa_flag_set_once_unless_the_user_did(monkeypatch):

@@ -124,22 +124,25 @@ def run_text(bb: "Backbone", kv: PrefixKV, task_index: torch.Tensor, embeds: tor
     return _extend(bb, kv.rows(task_index), embeds, mask, **kw)
 
 
-DENSE_MASK_KERNELS = ("sdpa", "eager")  # attention kernels that take any 4D mask (flash / flex ones do not)
+DENSE_MASK_KERNELS = ("sdpa", "eager")  # attention kernels that take any 4D additive mask
 
 
 @torch.no_grad()
 def score_choices(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
     """Sum of log-probs of every choice's tokens: [N]. batch = kinds' choices layout: sources
     input_ids/attention_mask [B, S], task_index [B]; labels [N, T] right-padded, row_example [N].
+    One row per example under a 4D mask where the backbone takes it (Backbone.tree_choices), else
+    two passes."""
+    return (_score_tree if bb.tree_choices else _score_two_pass)(bb, kv, batch)
 
-    One pass, one row per example (tree attention): [source ; choice 0 ; choice 1 ; ...], each choice
+
+@torch.no_grad()
+def _score_tree(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
+    """One pass, one row per example (tree attention): [source ; choice 0 ; choice 1 ; ...], each choice
     a block of W = T - 1 slots holding its tokens but the last (which predicts nothing). A 4D mask lets a
     choice's tokens see the prompt, the real source tokens and the earlier tokens of their own choice,
     at the positions that follow the source: each choice scores as its own [prompt ; source ; choice]
-    row would, while the prompt's and source's keys/values are shared, never copied per choice.
-    Kernels that take no 4D mask score in two passes (_score_two_pass)."""
-    if bb.model.config._attn_implementation not in DENSE_MASK_KERNELS:
-        return _score_two_pass(bb, kv, batch)
+    row would, while the prompt's and source's keys/values are shared, never copied per choice."""
     ids, am, labels, ex = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["row_example"]
     (B, S), (N, T), l, dev = ids.shape, labels.shape, kv.length, ids.device
     W = T - 1
@@ -170,7 +173,7 @@ def score_choices(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
 
 
 def _score_two_pass(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
-    """score_choices without a 4D mask: each source runs once after its prompt (keeping its cache); its
+    """score_choices without a 4D mask (flash / flex attention kernels take none): each source runs once after its prompt (keeping its cache); its
     last position predicts every choice's first token. The choices' other tokens run together against
     their source's cache (gathered per choice row)."""
     from transformers import DynamicCache
