@@ -21,7 +21,9 @@ time of the run. Methods, same requests:
   every position), one request after another.
 * PEFT batched per task: the same, with the same batcher; each batch split by task, one call per task.
 
-The HTTP layer is not in this loop (the tests run it); it adds about a millisecond per
+The engine turns on transformers' TRANSFORMERS_SDPA_FORCE_GQA on CPU, as mptune serve does
+(fastpath.cpu_sdpa_gqa; recorded as setting.sdpa_gqa): every method in this process, PEFT too,
+runs attention on the key/value heads as they are. The HTTP layer is not in this loop (the tests run it); it adds about a millisecond per
 request against hundreds here. Interleaving: per K, mptune and the floor run --rounds rounds
 (order rotated), their ratio is the median of per-round ratios; PEFT runs once per K with
 fewer requests (it is ~10x slower).
@@ -259,7 +261,8 @@ def main() -> None:
         "model": f"SmolLM2-135M-shaped random Llama ({layers} layers), SmolLM2 tokenizer", "prompt_len": L,
         "inputs": "5-15 made-up words under the SST-2 template, 2 label words", "clients": CLIENTS,
         "max_batch": MAX_BATCH, "max_wait_ms": MAX_WAIT_S * 1000, "requests_per_round": R, "rounds": rounds,
-        "peft_requests": RP, "threads": 2, "sdpa_gqa": engine.adapter.sdpa_gqa}, "memory": memory, "results": {str(k): v for k, v in results.items()}}
+        "peft_requests": RP, "threads": 2, "sdpa_gqa": engine.adapter.sdpa_gqa}, "memory": memory,
+        "results": {str(k): v for k, v in results.items()}}
     md = markdown(res)
     print(md)
     if a.quick:

@@ -146,7 +146,7 @@ def _score_tree(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
     ids, am, labels, ex = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["row_example"]
     (B, S), (N, T), l, dev = ids.shape, labels.shape, kv.length, ids.device
     W = T - 1
-    slot = (torch.nn.functional.one_hot(ex, B).cumsum(0) - 1).gather(1, ex[:, None])[:, 0]  # [N] choice # in its example
+    slot = (torch.nn.functional.one_hot(ex, B).cumsum(0) - 1).gather(1, ex[:, None])[:, 0]  # [N] # in its example
     C = int(slot.max()) + 1 if N else 0
     M, Q = C * W, S + C * W
     real = labels[:, :W] != IGNORE  # [N, W]
@@ -155,9 +155,9 @@ def _score_tree(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
     seen = torch.zeros(B, C, W, dtype=torch.bool, device=dev)
     seen[ex, slot] = real
     seen = torch.cat([am.bool(), seen.view(B, M)], 1)  # [B, Q] keys that exist
-    group = torch.cat([torch.full((S,), -1, device=dev), torch.arange(C, device=dev).repeat_interleave(W)])  # -1: source
+    group = torch.cat([torch.full((S,), -1, device=dev), torch.arange(C, device=dev).repeat_interleave(W)])  # [Q]
     col = torch.arange(Q, device=dev)
-    tree = (col[None] <= col[:, None]) & ((group[None] == -1) | (group[None] == group[:, None]))  # [Q, Q]
+    tree = (col[None] <= col[:, None]) & ((group[None] == -1) | (group[None] == group[:, None]))  # [Q, Q]; -1: source
     see = seen[:, None] & tree | torch.eye(Q, dtype=torch.bool, device=dev)  # [B, Q, Q]; a pad sees itself
     see = torch.cat([see.new_ones(B, Q, l), see], 2)[:, None]  # [B, 1, Q, l + Q]: every prompt position
     mask = torch.zeros(see.shape, dtype=bb.dtype, device=dev).masked_fill_(~see, torch.finfo(bb.dtype).min)
@@ -173,9 +173,9 @@ def _score_tree(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
 
 
 def _score_two_pass(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
-    """score_choices without a 4D mask (flash / flex attention kernels take none): each source runs once after its prompt (keeping its cache); its
-    last position predicts every choice's first token. The choices' other tokens run together against
-    their source's cache (gathered per choice row)."""
+    """score_choices without a 4D mask (flash / flex attention kernels take none): each source runs once
+    after its prompt (keeping its cache); its last position predicts every choice's first token. The
+    choices' other tokens run together against their source's cache (gathered per choice row)."""
     from transformers import DynamicCache
 
     ids, am, labels, ex = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["row_example"]
@@ -252,10 +252,9 @@ def cpu_sdpa_gqa(device: torch.device) -> bool:
     a prompt's keys/values are not copied h_q / h times per layer). Sets the flag for this process on
     CPU unless the user set it or torch lacks enable_gqa; returns whether it is on."""
     if device.type == "cpu" and SDPA_GQA_FLAG not in os.environ:
-        q, kv = torch.zeros(1, 2, 1, 4), torch.zeros(1, 1, 1, 4)
+        q, kv, mask = torch.zeros(1, 2, 1, 4), torch.zeros(1, 1, 1, 4), torch.ones(1, 1, 1, 1, dtype=torch.bool)
         try:
-            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, attn_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool),
-                                                             enable_gqa=True)
+            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, enable_gqa=True)
         except (TypeError, RuntimeError):  # torch < 2.5
             return False
         os.environ[SDPA_GQA_FLAG] = "1"
@@ -329,8 +328,8 @@ def _prefix_layer_class():
     class PrefixLayer(DynamicLayer):
         """One layer's prefix keys/values, read-only: attention sees [prefix ; new] and nothing is
         stored, so a gradient-checkpointing replay or another continuation sees the same prefix.
-        keys/values [B or 1, h, P, hd] per row; or a table [K, h, P, hd] and `index` [B], its row per
-        row (no autograd: the rows are gathered straight into [prefix ; new], one copy, not two)."""
+        keys/values [B, h, P, hd], one per row; or a table [K, h, P, hd] and `index` [B], each row's
+        (no autograd: the rows are gathered straight into [prefix ; new], one copy, not two)."""
 
         def __init__(self, keys: torch.Tensor, values: torch.Tensor, index: Optional[torch.Tensor] = None):
             super().__init__()
@@ -342,7 +341,7 @@ def _prefix_layer_class():
 
         def _join(self, prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
             if self.index is None:
-                return torch.cat([prefix.expand(new.shape[0], *prefix.shape[1:]), new], dim=-2)
+                return torch.cat([prefix, new], dim=-2)
             P = prefix.shape[-2]
             out = new.new_empty(*new.shape[:2], P + new.shape[2], new.shape[3])
             torch.index_select(prefix, 0, self.index, out=out[:, :, :P])
