@@ -23,10 +23,10 @@ time of the run. Methods, same requests:
 
 The engine turns on transformers' TRANSFORMERS_SDPA_FORCE_GQA on CPU, as mptune serve does
 (fastpath.cpu_sdpa_gqa; recorded as setting.sdpa_gqa): every method in this process, PEFT too,
-runs attention on the key/value heads as they are. The HTTP layer is not in this loop (the tests run it); it adds about a millisecond per
-request against hundreds here. Interleaving: per K, mptune and the floor run --rounds rounds
-(order rotated), their ratio is the median of per-round ratios; PEFT runs once per K with
-fewer requests (it is ~10x slower).
+runs attention on the key/value heads as they are. The HTTP layer is not in this loop (the tests
+run it); it adds about a millisecond per request against hundreds here. Interleaving: per K,
+mptune and the floor run --rounds rounds (order rotated), their ratio is the median of per-round
+ratios; PEFT runs once per K with fewer requests (it is ~10x slower).
 """
 
 from __future__ import annotations
