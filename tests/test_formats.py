@@ -116,6 +116,10 @@ def test_attempt_details():
     ex = wsc.to_example({"text": "He saw Mark.", "span1_index": 0, "span1_text": "Mark", "span2_index": 0,
                          "span2_text": "He", "label": 0})
     assert ex.source == "superglue-wsc.fixed text: # He # saw Mark."
+    # ... after the Hub's wsc.fixed span fix (case of the word at the index, no final "."), as ATTEMPT read them
+    ex = wsc.to_example({"text": "Mark saw him.", "span1_index": 0, "span1_text": "mark.", "span2_index": 2,
+                         "span2_text": "him", "label": 1})
+    assert ex.source == "superglue-wsc.fixed text: * Mark * saw # him #."
     # the t5 format is untouched
     assert get_task("mnli").with_format("t5") is get_task("mnli")
     assert get_task("stsb").to_example({"sentence1": P, "sentence2": H, "label": 3.3}).target == "3.2"

@@ -126,16 +126,25 @@ def wsc_prepare(row: dict) -> dict:
     return row
 
 
+def _hub_span(text: str, span: str, index: int) -> str:
+    """The Hub's ``super_glue/wsc.fixed`` span fix (``_fix_wst``), which ATTEMPT's rows went through: a span
+    that is not in the text takes the case of the word at its index, loses a final "." and line breaks."""
+    if span in text:
+        return span
+    span = (span[0].lower() if text.split()[index][0].islower() else span[0].upper()) + span[1:]
+    return span.rstrip(".").replace("\n", " ")
+
+
 def wsc_attempt_prepare(row: dict) -> dict:
-    """ATTEMPT's WSC marking (tasks.py:662-676): each span is marked only where it starts at its word index
-    (ATTEMPT puts the span into the pattern unescaped; here it is escaped), the pronoun's index shifted by
-    the 2 marks the noun added before it."""
+    """ATTEMPT's WSC marking (tasks.py:662-676) of the Hub's spans: each span is marked only where it starts
+    at its word index (ATTEMPT puts the span into the pattern unescaped; here it is escaped), the pronoun's
+    index shifted by the 2 marks the noun added before it."""
     def mark(text: str, span: str, index: int, m: str) -> str:
         return re.sub(rf"^((?:\S+\s){{{index}}})({re.escape(span)})", lambda g: f"{g[1]}{m} {g[2]} {m}", text)
 
-    i1, i2 = int(row["span1_index"]), int(row["span2_index"])
-    text = mark(row["text"], row["span1_text"], i1, "*")
-    row["text"] = mark(text, row["span2_text"], i2 + 2 * int(i1 < i2), "#")
+    text, i1, i2 = row["text"], int(row["span1_index"]), int(row["span2_index"])
+    s1, s2 = _hub_span(text, row["span1_text"], i1), _hub_span(text, row["span2_text"], i2)
+    row["text"] = mark(mark(text, s1, i1, "*"), s2, i2 + 2 * int(i1 < i2), "#")
     return row
 
 
