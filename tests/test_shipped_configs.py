@@ -105,3 +105,20 @@ def test_quality_benchmark_config_parses():
 
     for t in cfg.sources + cfg.targets:
         get_task(t)
+
+
+def test_gpu_paper_preset_reduction_keeps_the_preset():
+    """benchmarks/gpu/paper_preset.py's overrides are valid and change only budgets, targets and limits."""
+    import importlib.util
+
+    path = CONFIGS.parent / "benchmarks" / "gpu" / "paper_preset.py"
+    spec = importlib.util.spec_from_file_location("paper_preset", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = parse(PipelineConfig, load_yaml(mod.PRESET), [f"{k}={v}" for k, v in mod.REDUCED.items()])
+    assert cfg.targets == ["rte", "mrpc", "stsb", "cola"] and cfg.source_train.max_steps == 5000
+    touched = {k.split(".")[0] for k in mod.REDUCED}
+    assert touched <= {"targets", "output_dir", "teacher_train", "source_train", "target_train", "data"}
+    assert {k for k in mod.REDUCED if k.startswith(("teacher_train", "source_train", "target_train", "data"))} == {
+        "teacher_train.max_steps", "source_train.max_steps", "target_train.max_steps", "data.eval_limit"}
+    assert cfg.distill.shared_init == "random" and cfg.prompt.length == 100  # the rest is the preset's
