@@ -340,13 +340,14 @@ class Backbone(nn.Module):
 
 
 def _zero_dropout(model: nn.Module) -> None:
-    """Every dropout of the model at rate 0: nn.Dropout modules (T5, GPT-2) and the attention-probability
-    rates that attention modules keep as a float (Llama, Qwen, Gemma: `attention_dropout`)."""
+    """Every dropout of the model at rate 0: nn.Dropout modules and the attention-probability rates that
+    attention modules keep as a float attribute (T5: `dropout`; Llama, Qwen, Gemma: `attention_dropout`)."""
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-        elif isinstance(getattr(m, "attention_dropout", None), float):
-            m.attention_dropout = 0.0
+        for k, v in list(vars(m).items()):
+            if "dropout" in k and isinstance(v, float):
+                setattr(m, k, 0.0)
 
 
 def _table(prompts: Prompts) -> torch.Tensor:
