@@ -34,6 +34,7 @@ def test_paper_presets_set_the_sourced_values():
     for path in PRESETS:
         cfg = parse(PipelineConfig, load_yaml(path), source=str(path))
         assert cfg.model.name == "google-t5/t5-base" and cfg.prompt.init == "vocab"
+        assert cfg.model.dropout == "keep"  # ATTEMPT trains T5 with its dropout on
         assert cfg.prompt.init_vocab_size == 5000 and cfg.data.max_source_length == 256
         for section in TRAIN_SECTIONS:
             t = getattr(cfg, section)
@@ -82,8 +83,9 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_t5(path, tmp_path, tiny_t5_dir, 
     assert source["train"]["token_reduction"] == "sum" and not (run / "source/mpt/teacher_cache").exists()
     log = [json.loads(x) for x in (run / "source/mpt/log.jsonl").read_text().splitlines() if '"loss"' in x]
     assert log and all("kl" in r and "hidden" in r and "kl_topk_gap" not in r for r in log)
-    for stage in ("teachers/rte", "targets/full/pt/seed-42/stsb", "targets/full/mpt/seed-42/rte"):
-        assert yaml.safe_load((run / stage / "config.yaml").read_text())["train"]["token_reduction"] == "sum"
+    for stage in ("teachers/rte", "source/mpt", "targets/full/pt/seed-42/stsb", "targets/full/mpt/seed-42/rte"):
+        stage_cfg = yaml.safe_load((run / stage / "config.yaml").read_text())
+        assert stage_cfg["train"]["token_reduction"] == "sum" and stage_cfg["model"]["dropout"] == "keep"
     spot = yaml.safe_load((run / "targets/full/spot/seed-42/rte/config.yaml").read_text())
     assert spot["prompt"]["init"] == "prompts"  # SPoT starts from the teachers; MPT's P* did not (random)
     summary = json.loads((run / "summary.json").read_text())
