@@ -34,6 +34,14 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def _as_enum(cls: type[Enum], value: Any, key: str) -> Any:
+    """`value` as a member of `cls`, else ConfigError naming `key` and the choices."""
+    try:
+        return cls(value)
+    except ValueError:
+        raise ConfigError(f"{key}: must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
+
+
 class PromptInit(str, Enum):
     """How a soft prompt's vectors start."""
 
@@ -57,6 +65,13 @@ class TargetLoss(str, Enum):
 
     vocab = "vocab"  # the target tokens, softmax over the whole vocabulary
     labels = "labels"  # the gold label among the label strings (classification tasks; others keep vocab)
+
+
+class Dropout(str, Enum):
+    """The frozen backbone's own dropout while a prompt trains."""
+
+    off = "off"  # eval mode in every pass: training is deterministic given the batch
+    keep = "keep"  # train mode in the trained prompt's passes (as ATTEMPT's HF Trainer trains T5: dropout 0.1)
 
 
 class Reduction(str, Enum):
@@ -85,9 +100,14 @@ class ModelConfig:
     shared prefix (same results as the plain path, much cheaper); false = the plain path (debugging)."""
     trust_remote_code: bool = False
     """Allow model code from the Hub (off by default)."""
+    dropout: Dropout = Dropout.off
+    """The backbone's own dropout while a prompt trains: off (eval mode in every pass) or keep (the trained
+    prompt's passes in train mode, as ATTEMPT trains T5). Teachers, evaluation and generation always run in
+    eval mode (Backbone.frozen_eval)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", "must not be empty (Hub id, folder or .gguf file)")
+        self.dropout = _as_enum(Dropout, self.dropout, "model.dropout")
 
 
 @dataclass
