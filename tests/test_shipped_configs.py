@@ -36,6 +36,7 @@ def test_paper_presets_set_the_sourced_values():
         assert cfg.model.name == "google-t5/t5-base" and cfg.prompt.init == "vocab"
         assert cfg.model.dropout == "keep"  # ATTEMPT trains T5 with its dropout on
         assert cfg.prompt.init_vocab_size == 5000 and cfg.data.max_source_length == 256
+        assert cfg.data.format == "attempt"  # ATTEMPT's tasks.py strings and labels "0"/"1"/...
         for section in TRAIN_SECTIONS:
             t = getattr(cfg, section)
             assert (t.lr, t.batch_size, t.warmup_steps, t.weight_decay, t.max_grad_norm) == (0.3, 32, 500, 1e-5, 1.0)
@@ -86,6 +87,11 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_t5(path, tmp_path, tiny_t5_dir, 
     for stage in ("teachers/rte", "source/mpt", "targets/full/pt/seed-42/stsb", "targets/full/mpt/seed-42/rte"):
         stage_cfg = yaml.safe_load((run / stage / "config.yaml").read_text())
         assert stage_cfg["train"]["token_reduction"] == "sum" and stage_cfg["model"]["dropout"] == "keep"
+    # ATTEMPT's text: every stage records the format; labels are class indices, STS-B rounded to 0.1
+    for stage, task in (("teachers/rte", "rte"), ("source/mpt", "stsb"), ("targets/full/pt/seed-42/stsb", "stsb")):
+        assert json.loads((run / stage / "tasks/formats.json").read_text())[task] == "attempt"
+    rte = [json.loads(x) for x in (run / "teachers/rte/predictions_rte_test.jsonl").read_text().splitlines()]
+    assert rte and {r["target"] for r in rte} <= {"0", "1"}
     spot = yaml.safe_load((run / "targets/full/spot/seed-42/rte/config.yaml").read_text())
     assert spot["prompt"]["init"] == "prompts"  # SPoT starts from the teachers; MPT's P* did not (random)
     summary = json.loads((run / "summary.json").read_text())

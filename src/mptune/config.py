@@ -52,6 +52,21 @@ class PromptInit(str, Enum):
     prompts = "prompts"  # average of saved soft prompts (SPoT-style transfer)
 
 
+class TextFormat(str, Enum):
+    """How every task's rows become text: templates and label strings (a task's ``formats``)."""
+
+    t5 = "t5"  # T5's text-to-text formats with word labels (each task record's own template)
+    attempt = "attempt"  # ATTEMPT's tasks.py: task-name prefixes, labels "0"/"1"/"2" (docs/fidelity.md)
+    natural = "natural"  # plain instructions for decoder-only instruct models ("sentence: ...\nsentiment:")
+
+
+class TargetLoss(str, Enum):
+    """What L_PLM is the likelihood of."""
+
+    vocab = "vocab"  # the target tokens, softmax over the whole vocabulary
+    labels = "labels"  # the gold label among the label strings (classification tasks; others keep vocab)
+
+
 class Dropout(str, Enum):
     """The frozen backbone's own dropout while a prompt trains."""
 
@@ -139,8 +154,14 @@ class DataConfig:
     """Use at most this many dev and test examples (a seeded subset; None = all)."""
     seed: int = 42
     """Seed of the paper splits (42 reproduces the ATTEMPT/MPT dev/test cuts); keep it fixed across runs."""
+    format: TextFormat = TextFormat.t5
+    """Text format of every task: t5 (T5's templates, word labels), attempt (ATTEMPT's tasks.py: task-name
+    prefixes, labels "0"/"1"/...) or natural (instructions for decoder-only models). A task without the chosen
+    format keeps t5 (logged once). A stage folder records the format its tasks used (tasks/formats.json);
+    evaluate / predict / serve read that prompt with it."""
 
     def __post_init__(self) -> None:
+        self.format = TextFormat(self.format)
         _check(self.max_source_length >= 1, "data.max_source_length", "must be >= 1")
         _check(self.max_target_length >= 1, "data.max_target_length", "must be >= 1")
         if self.train_limit is not None:
@@ -194,6 +215,10 @@ class TrainConfig:
     """Each example's loss over its target tokens: mean or sum (L_PLM, and in distillation L_logits and
     L_hidden); the batch is then averaged over examples either way. Sum weighs long targets more and scales
     the loss (so clipping and λ act differently)."""
+    target_loss: TargetLoss = TargetLoss.vocab
+    """L_PLM: vocab (the target tokens' likelihood over the whole vocabulary) or labels (classification
+    tasks: cross-entropy of the gold label among the task's label strings, each scored by its summed token
+    log-prob as rank evaluation scores it; token_reduction does not apply). Other tasks keep vocab."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
@@ -213,6 +238,7 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         self.token_reduction = Reduction(self.token_reduction)
+        self.target_loss = TargetLoss(self.target_loss)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -162,12 +162,12 @@ def run(cfg: AdaptConfig) -> dict:
     cfg = dataclasses.replace(cfg, model=source_model(cfg))  # the folder records the backbone it used
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
-    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train.seed)
+    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train)
     prompt = initial_prompt(cfg, backbone, data.names).to(acc.device)
     groups = prompt.param_groups(cfg.lr_shared or cfg.train.lr, cfg.lr_task or cfg.train.lr, cfg.freeze_shared)
     for g in groups:  # the setting behind each lr: a resume that finds it changed is refused, naming it
         g["name"] = "lr_shared" if g["params"][0] is prompt.shared else "lr_task"
-    nll = TokenNLL(cfg.train.token_reduction)
+    nll = TokenNLL(cfg.train.token_reduction, cfg.train.target_loss)
 
     def make_batch(idx: list[int]) -> dict:
         b = collate([data.features[i] for i in idx], backbone.kind, backbone.pad_id)
