@@ -34,6 +34,14 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def _as_enum(cls: type[Enum], value: Any, key: str) -> Any:
+    """`value` as a member of `cls`, else ConfigError naming `key` and the choices."""
+    try:
+        return cls(value)
+    except ValueError:
+        raise ConfigError(f"{key}: must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
+
+
 class PromptInit(str, Enum):
     """How a soft prompt's vectors start."""
 
@@ -42,6 +50,28 @@ class PromptInit(str, Enum):
     text = "text"  # embeddings of `init_text`, repeated to length l
     random = "random"  # normal noise with the embedding table's std
     prompts = "prompts"  # average of saved soft prompts (SPoT-style transfer)
+
+
+class TextFormat(str, Enum):
+    """How every task's rows become text: templates and label strings (a task's ``formats``)."""
+
+    t5 = "t5"  # T5's text-to-text formats with word labels (each task record's own template)
+    attempt = "attempt"  # ATTEMPT's tasks.py: task-name prefixes, labels "0"/"1"/"2" (docs/fidelity.md)
+    natural = "natural"  # plain instructions for decoder-only instruct models ("sentence: ...\nsentiment:")
+
+
+class TargetLoss(str, Enum):
+    """What L_PLM is the likelihood of."""
+
+    vocab = "vocab"  # the target tokens, softmax over the whole vocabulary
+    labels = "labels"  # the gold label among the label strings (classification tasks; others keep vocab)
+
+
+class Dropout(str, Enum):
+    """The frozen backbone's own dropout while a prompt trains."""
+
+    off = "off"  # eval mode in every pass: training is deterministic given the batch
+    keep = "keep"  # train mode in the trained prompt's passes (as ATTEMPT's HF Trainer trains T5: dropout 0.1)
 
 
 class Reduction(str, Enum):
@@ -84,9 +114,14 @@ class ModelConfig:
     shared prefix (same results as the plain path, much cheaper); false = the plain path (debugging)."""
     trust_remote_code: bool = False
     """Allow model code from the Hub (off by default)."""
+    dropout: Dropout = Dropout.off
+    """The backbone's own dropout while a prompt trains: off (eval mode in every pass) or keep (the trained
+    prompt's passes in train mode, as ATTEMPT trains T5). Teachers, evaluation and generation always run in
+    eval mode (Backbone.frozen_eval)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", "must not be empty (Hub id, folder or .gguf file)")
+        self.dropout = _as_enum(Dropout, self.dropout, "model.dropout")
 
 
 @dataclass
@@ -133,8 +168,14 @@ class DataConfig:
     """Use at most this many dev and test examples (a seeded subset; None = all)."""
     seed: int = 42
     """Seed of the paper splits (42 reproduces the ATTEMPT/MPT dev/test cuts); keep it fixed across runs."""
+    format: TextFormat = TextFormat.t5
+    """Text format of every task: t5 (T5's templates, word labels), attempt (ATTEMPT's tasks.py: task-name
+    prefixes, labels "0"/"1"/...) or natural (instructions for decoder-only models). A task without the chosen
+    format keeps t5 (logged once). A stage folder records the format its tasks used (tasks/formats.json);
+    evaluate / predict / serve read that prompt with it."""
 
     def __post_init__(self) -> None:
+        self.format = TextFormat(self.format)
         _check(self.max_source_length >= 1, "data.max_source_length", "must be >= 1")
         _check(self.max_target_length >= 1, "data.max_target_length", "must be >= 1")
         if self.train_limit is not None:
@@ -188,6 +229,10 @@ class TrainConfig:
     """Each example's loss over its target tokens: mean or sum (L_PLM, and in distillation L_logits and
     L_hidden); the batch is then averaged over examples either way. Sum weighs long targets more and scales
     the loss (so clipping and λ act differently)."""
+    target_loss: TargetLoss = TargetLoss.vocab
+    """L_PLM: vocab (the target tokens' likelihood over the whole vocabulary) or labels (classification
+    tasks: cross-entropy of the gold label among the task's label strings, each scored by its summed token
+    log-prob as rank evaluation scores it; token_reduction does not apply). Other tasks keep vocab."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
@@ -207,6 +252,7 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         self.token_reduction = Reduction(self.token_reduction)
+        self.target_loss = TargetLoss(self.target_loss)
 
 
 @dataclass

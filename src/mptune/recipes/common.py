@@ -33,6 +33,7 @@ from ..backbone import Backbone, load_backbone
 from ..config import ConfigError, DataConfig, ModelConfig, load_yaml, parse, save_yaml, to_dict
 from ..data import LazyFeatures, TextEncoder
 from ..tasks import Example, Task, TaskKind, few_shot
+from ..tasks.loading import per_answer
 from ..tasks.resolve import resolve_task, save_definitions
 from ..utils import atomic_write_json, atomic_write_jsonl
 
@@ -65,13 +66,14 @@ def encoder_for(backbone: Backbone, data: DataConfig) -> TextEncoder:
 
 def train_examples(task: Task, data: DataConfig, sample_seed: int) -> list[Example]:
     """The paper's train split (cut with data.seed), optionally few-shot (k per class) or
-    subsampled with `sample_seed` (the run's seed: few-shot results vary over it)."""
+    subsampled with `sample_seed` (the run's seed: few-shot results vary over it); then one
+    example per gold answer where the task's format says so (ATTEMPT's ReCoRD)."""
     examples = task.load("train", data_dir=data.resolved_data_dir(), seed=data.seed)
     if data.few_shot_k:
         examples = few_shot(examples, data.few_shot_k, sample_seed)
     if data.train_limit and len(examples) > data.train_limit:
         examples = random.Random(sample_seed).sample(examples, data.train_limit)
-    return examples
+    return per_answer(examples) if task.per_answer else examples
 
 
 def eval_examples(task: Task, split: str, data: DataConfig, limit: Optional[int] = None) -> list[Example]:
@@ -85,9 +87,17 @@ def test_examples(task: Task, data: DataConfig, limit: Optional[int]) -> list[Ex
     return eval_examples(task, "test", data, limit)
 
 
-def features(examples: Sequence[Example], encoder: TextEncoder, task_index: int = 0) -> LazyFeatures:
+def feature_items(task: Task, examples: Sequence[Example], task_index: int, label_rows: bool) -> list[tuple]:
+    """(example, task_index, its label strings) for LazyFeatures; the label strings (the choices rank
+    evaluation scores) only for classification examples when the loss needs them (train.target_loss)."""
+    labels = label_rows and task.kind == TaskKind.CLASSIFICATION
+    return [(e, task_index, task.choices(e) if labels else None) for e in examples]
+
+
+def features(task: Task, examples: Sequence[Example], encoder: TextEncoder, task_index: int = 0,
+             label_rows: bool = False) -> LazyFeatures:
     """Training features, tokenised when a batch first needs them."""
-    return LazyFeatures([(e, task_index) for e in examples], encoder)
+    return LazyFeatures(feature_items(task, examples, task_index, label_rows), encoder)
 
 
 def backbone_params(backbone: Backbone) -> int:
@@ -98,7 +108,7 @@ def resolve_tasks(specs: Sequence[str], data: DataConfig, key: str = "tasks", fo
                   check_data: bool = True) -> list[Task]:
     """Registry names or task files -> tasks, before anything is written (a file's problems all at
     once, see mptune.tasks.resolve); `folder`: a stage folder whose saved definitions come first."""
-    tasks = [resolve_task(s, data.resolved_data_dir(), folder, check_data, key) for s in specs]
+    tasks = [resolve_task(s, data.resolved_data_dir(), folder, check_data, key, data.format.value) for s in specs]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"{key}: duplicate task names {names} (from {list(specs)})")
@@ -197,7 +207,7 @@ def predictions(folder: Path, task_name: str, split: str = "test") -> tuple[Task
     cfg = load_yaml(folder / "config.yaml")
     data = parse(DataConfig, cfg.get("data") or {}, source=str(folder / "config.yaml"))
     limit = (cfg.get("train") or {}).get("test_limit") if split == "test" else None
-    task = resolve_task(task_name, data.resolved_data_dir(), folder, check_data=False)  # saved definitions first
+    task = resolve_task(task_name, data.resolved_data_dir(), folder, False, fmt=data.format.value)  # saved ones first
     examples = eval_examples(task, split, data, limit)
     path = folder / entry["predictions"][split]
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

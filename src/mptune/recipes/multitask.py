@@ -9,7 +9,7 @@ from typing import Literal, Optional, Sequence
 
 import torch
 
-from ..config import ConfigError, DataConfig, EvalConfig, _check
+from ..config import ConfigError, DataConfig, EvalConfig, TargetLoss, TrainConfig, _check
 from ..data import Feature, LazyFeatures, ShuffledBatches, TaskMixingBatches, TextEncoder
 from ..evaluation import evaluate
 from ..tasks import Example, Task
@@ -49,11 +49,16 @@ class MultiTaskData:
         return [t.name for t in self.tasks]
 
     @classmethod
-    def load(cls, specs: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
+    def load(cls, specs: Sequence[str], data: DataConfig, encoder: TextEncoder,
+             train_cfg: TrainConfig) -> "MultiTaskData":
+        """The tasks' train / dev examples and training features (seeded by train.seed; label rows
+        when train.target_loss=labels)."""
         tasks = common.resolve_tasks(specs, data, "tasks")  # registry names or task files
-        train = [common.train_examples(t, data, sample_seed) for t in tasks]
+        train = [common.train_examples(t, data, train_cfg.seed) for t in tasks]
         dev = [common.eval_examples(t, "dev", data) for t in tasks]
-        feats = LazyFeatures([(e, k) for k, ex in enumerate(train) for e in ex], encoder)
+        rows = train_cfg.target_loss == TargetLoss.labels
+        feats = LazyFeatures([i for k, (t, ex) in enumerate(zip(tasks, train))
+                              for i in common.feature_items(t, ex, k, rows)], encoder)
         return cls(tasks, train, dev, feats)
 
     def plan(self, batch_size: int, seed: int, sampling: SamplingConfig):

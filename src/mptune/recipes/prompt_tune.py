@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import DataConfig, EvalConfig, ModelConfig, PromptConfig, TrainConfig
+from ..config import DataConfig, EvalConfig, ModelConfig, PromptConfig, TargetLoss, TrainConfig
 from ..data import ShuffledBatches, collate
 from ..engine import Trainer
 from ..evaluation import evaluate
@@ -55,12 +55,12 @@ def run(cfg: PromptTuneConfig) -> dict:
     encoder = common.encoder_for(backbone, cfg.data)
     train = common.train_examples(task, cfg.data, cfg.train.seed)
     dev = common.eval_examples(task, "dev", cfg.data)
-    feats = common.features(train, encoder)
+    feats = common.features(task, train, encoder, label_rows=cfg.train.target_loss == TargetLoss.labels)
 
     g = torch.Generator().manual_seed(cfg.train.seed)
     init = init_prompt_vectors(cfg.prompt, backbone.model.get_input_embeddings(), backbone.tokenizer, g)
     prompt = SoftPrompt(cfg.prompt.length, backbone.hidden_size, init).to(acc.device)
-    nll = TokenNLL(cfg.train.token_reduction)
+    nll = TokenNLL(cfg.train.token_reduction, cfg.train.target_loss)
 
     def make_batch(idx: list[int]) -> dict:
         b = collate([feats[i] for i in idx], backbone.kind, backbone.pad_id)
@@ -80,7 +80,7 @@ def run(cfg: PromptTuneConfig) -> dict:
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=[{"params": list(prompt.parameters())}],
                       cfg=cfg.train, plan=ShuffledBatches(len(feats), cfg.train.batch_size, cfg.train.seed),
                       make_batch=make_batch, loss_fn=loss_fn, evaluate=dev_score if dev else None,
-                      out_dir=out, resume=cfg.resume, desc=f"prompt-tune {task.name}")
+                      out_dir=out, resume=cfg.resume, desc=f"prompt-tune {task.name}", backbone=backbone)
     result = trainer.fit()
 
     # -- save --------------------------------------------------------------
