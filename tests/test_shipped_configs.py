@@ -43,6 +43,7 @@ def test_paper_presets_set_the_sourced_values():
             assert t.token_reduction == "sum"
         d = cfg.distill
         assert (d.shared_init, d.hidden_reduction, d.teacher_topk, d.teacher_cache) == ("random", "sum", 0, False)
+        assert (cfg.eval.mode, cfg.eval.match) == ("generate", "exact")  # ATTEMPT: generate, strip, compare
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -94,8 +95,19 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_t5(path, tmp_path, tiny_t5_dir, 
     assert rte and {r["target"] for r in rte} <= {"0", "1"}
     spot = yaml.safe_load((run / "targets/full/spot/seed-42/rte/config.yaml").read_text())
     assert spot["prompt"]["init"] == "prompts"  # SPoT starts from the teachers; MPT's P* did not (random)
+    # every stage evaluates as ATTEMPT (generate, exact match) and reports its invalid predictions
+    stages = ("teachers/rte", "source/mpt", "targets/full/spot/seed-42/rte", "targets/full/mpt_multi/seed-42/rte+stsb")
+    for stage in stages:
+        assert yaml.safe_load((run / stage / "config.yaml").read_text())["eval"] == load_yaml(path)["eval"]
+        for entry in json.loads((run / stage / "metrics.json").read_text())["tasks"].values():
+            assert all(0 <= entry[s]["invalid_rate"] <= 100 for s in ("dev", "test"))
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["settings"]["full"]) == {"pt", "spot", "mpt", "mpt_multi"}
+    pt = summary["settings"]["full"]["pt"]["tasks"]["rte"]
+    pt_test = json.loads((run / "targets/full/pt/seed-42/rte/metrics.json").read_text())["tasks"]["rte"]["test"]
+    assert pt["invalid_rate"] == pt_test["invalid_rate"]
+    assert "[% invalid predictions]" in summary["markdown"]
+    assert f"{pt['mean']:.1f} [{pt['invalid_rate']:.1f}]" in summary["markdown"]
 
 
 def test_prompt_tune_config_parses():

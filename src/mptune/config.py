@@ -81,6 +81,20 @@ class Reduction(str, Enum):
     sum = "sum"
 
 
+class EvalMode(str, Enum):
+    """How a label (classification) task is predicted."""
+
+    rank = "rank"  # score every label (sum of its token log-probs), predict the best: never invalid
+    generate = "generate"  # greedy decoding, then string matching against the labels (ATTEMPT)
+
+
+class Match(str, Enum):
+    """How a generated string is matched against the label strings."""
+
+    exact = "exact"  # equal after stripping surrounding space (ATTEMPT); anything else is invalid
+    lenient = "lenient"  # exact, else equal ignoring case
+
+
 @dataclass
 class ModelConfig:
     """The frozen backbone."""
@@ -239,6 +253,21 @@ class TrainConfig:
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         self.token_reduction = Reduction(self.token_reduction)
         self.target_loss = TargetLoss(self.target_loss)
+
+
+@dataclass
+class EvalConfig:
+    """How label tasks are evaluated: dev selection and test of every stage, evaluate and predict."""
+
+    mode: EvalMode = EvalMode.rank
+    """rank: pick the label with the highest summed log-prob; generate: greedy decoding (up to the longest
+    label's tokens + EOS) compared with the label strings, as ATTEMPT evaluates. Other task kinds always generate."""
+    match: Match = Match.lenient
+    """Under generate: exact = equal after stripping space (ATTEMPT); lenient = exact, else ignoring case.
+    A prediction matching no label is wrong and counted in the metrics' invalid_rate."""
+
+    def __post_init__(self) -> None:
+        self.mode, self.match = EvalMode(self.mode), Match(self.match)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, TrainConfig, _check, load_yaml
+from ..config import ConfigError, DataConfig, EvalConfig, ModelConfig, PromptConfig, TrainConfig, _check, load_yaml
 from ..data import collate
 from ..engine import Trainer
 from ..losses import TokenNLL
@@ -73,6 +73,8 @@ class AdaptConfig:
     """Data source, tokenisation, few-shot k."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """How label tasks are evaluated (rank or generate)."""
     resume: bool = True
     """Resume from the newest good checkpoint."""
 
@@ -178,7 +180,7 @@ def run(cfg: AdaptConfig) -> dict:
 
     def dev_score():
         return dev_average(backbone, trainer.module, data, encoder, cfg.train.eval_batch_size, acc,
-                           cfg.train.eval_limit)
+                           cfg.train.eval_limit, cfg.eval)
 
     # -- train -------------------------------------------------------------
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,

@@ -4,7 +4,7 @@ Every training stage (prompt-tune, distill, adapt; one task or several) ends wit
 :func:`finish`, which writes the same files: the prompt, predictions per task and
 split, ``stage.json`` and ``metrics.json`` in one schema::
 
-    {"tasks": {task: {"dev": {metric: value, "score": ...}, "test": {...},
+    {"tasks": {task: {"dev": {metric: value, "score": ..., "invalid_rate": ...}, "test": {...},
                       "n_dev": 48, "n_test": 250, "train_examples": 2932,
                       "train_per_class": {"negative": 1200, ...},   # classification tasks
                       "predictions": {"dev": "predictions_<task>_dev.jsonl", "test": ...}}},
@@ -151,7 +151,7 @@ def finish(stage: str, cfg, out: Path, accelerator, backbone: Backbone, encoder:
            tasks: Sequence[Task], train: Sequence[Sequence[Example]], dev: Sequence[Sequence[Example]], result,
            trainable_params: int, trainable_per_task: int) -> dict:
     """Test the best prompt module `best` on every task (dev and test), write the predictions, the
-    prompt file, metrics.json, stage.json and the user tasks' definitions. `cfg` needs .data and .train."""
+    prompt file, metrics.json, stage.json and the user tasks' definitions. `cfg` needs .data, .train, .eval."""
     from ..evaluation import evaluate
     from ..prompts.io import save_module
 
@@ -161,7 +161,7 @@ def finish(stage: str, cfg, out: Path, accelerator, backbone: Backbone, encoder:
         files = {}
         for split, ex in (("dev", dev[k]), ("test", test_examples(task, cfg.data, cfg.train.test_limit))):
             r = evaluate(backbone, best, task, ex, encoder, cfg.train.eval_batch_size, task_index=k,
-                         accelerator=accelerator)
+                         accelerator=accelerator, how=cfg.eval)
             entry[split], entry[f"n_{split}"] = r.metrics, len(ex)
             files[split] = predictions_file(task.name, split)
             if accelerator.is_main_process:

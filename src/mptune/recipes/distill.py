@@ -31,7 +31,8 @@ from typing import Literal, Optional, Sequence
 
 import torch
 
-from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, PromptInit, Reduction, TrainConfig, _check
+from ..config import (ConfigError, DataConfig, EvalConfig, ModelConfig, PromptConfig, PromptInit, Reduction,
+                      TrainConfig, _check)
 from ..data import collate
 from ..engine import Trainer
 from ..losses import DistillLoss, LogitKL
@@ -121,6 +122,8 @@ class DistillConfig:
     """Data source and tokenisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """How label tasks are evaluated (rank or generate)."""
     resume: bool = True
     """Resume from the newest good checkpoint."""
 
@@ -221,7 +224,7 @@ def run(cfg: DistillConfig) -> dict:
 
     def dev_score():
         return dev_average(backbone, trainer.module, data, encoder, cfg.train.eval_batch_size, acc,
-                           cfg.train.eval_limit)
+                           cfg.train.eval_limit, cfg.eval)
 
     # -- train -------------------------------------------------------------
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,

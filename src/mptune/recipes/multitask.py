@@ -9,7 +9,7 @@ from typing import Literal, Optional, Sequence
 
 import torch
 
-from ..config import ConfigError, DataConfig, TargetLoss, TrainConfig, _check
+from ..config import ConfigError, DataConfig, EvalConfig, TargetLoss, TrainConfig, _check
 from ..data import Feature, LazyFeatures, ShuffledBatches, TaskMixingBatches, TextEncoder
 from ..evaluation import evaluate
 from ..tasks import Example, Task
@@ -69,14 +69,14 @@ class MultiTaskData:
 
 
 def dev_average(backbone, module, data: MultiTaskData, encoder: TextEncoder, batch_size: int, accelerator,
-                limit: Optional[int] = None) -> Optional[float]:
+                limit: Optional[int] = None, how: Optional[EvalConfig] = None) -> Optional[float]:
     """Mean dev score over tasks: the number the best prompt is selected on."""
     scores = []
     for k, (task, dev) in enumerate(zip(data.tasks, data.dev)):
         if dev:
             ex = dev[:limit] if limit else dev
             r = evaluate(backbone, module, task, ex, encoder, batch_size, task_index=k, accelerator=accelerator,
-                         progress=False)
+                         progress=False, how=how)
             scores.append(r.metrics["score"])
     return sum(scores) / len(scores) if scores else None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import DataConfig, ModelConfig, PromptConfig, TargetLoss, TrainConfig
+from ..config import DataConfig, EvalConfig, ModelConfig, PromptConfig, TargetLoss, TrainConfig
 from ..data import ShuffledBatches, collate
 from ..engine import Trainer
 from ..evaluation import evaluate
@@ -39,6 +39,8 @@ class PromptTuneConfig:
     """Data source and tokenisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """How label tasks are evaluated (rank or generate)."""
     resume: bool = True
     """Resume from the newest good checkpoint in output_dir/checkpoints."""
 
@@ -71,7 +73,7 @@ def run(cfg: PromptTuneConfig) -> dict:
 
     def dev_score() -> float:
         r = evaluate(backbone, trainer.module, task, dev_subset, encoder, cfg.train.eval_batch_size,
-                     accelerator=acc, progress=False)
+                     accelerator=acc, progress=False, how=cfg.eval)
         return r.metrics["score"]
 
     # -- train -------------------------------------------------------------

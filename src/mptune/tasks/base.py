@@ -232,6 +232,7 @@ class Task:
     def label_id(self, value: Any, choices: list[str] | None = None, where: str = "") -> int:
         return loading.label_id(self, value, choices, where)
 
-    def score(self, examples: list[Example], predictions: list) -> dict[str, float]:
-        """Every metric (0..100) plus ``score``: :func:`.metrics.score`."""
-        return M.score(self, examples, predictions)
+    def score(self, examples: list[Example], predictions: list, match: M.Match = M.Match.lenient) -> dict[str, float]:
+        """Every metric (0..100), ``score`` and ``invalid_rate``; generated labels matched by ``match``
+        (exact | lenient): :func:`.metrics.score`."""
+        return M.score(self, examples, predictions, match)
