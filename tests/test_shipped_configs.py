@@ -41,6 +41,9 @@ def test_paper_presets_set_the_sourced_values():
             assert t.token_reduction == "sum"
         d = cfg.distill
         assert (d.shared_init, d.hidden_reduction, d.teacher_topk, d.teacher_cache) == ("random", "sum", 0, False)
+        # true few-shot (k per class in the selection dev too, 3 draws) and SPoT both ways
+        assert (cfg.data.few_shot_dev, cfg.few_shot_draws) == ("k", 3)
+        assert {"pt", "spot", "spot_avg", "mpt"} <= set(cfg.methods)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -85,9 +88,10 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_t5(path, tmp_path, tiny_t5_dir, 
     for stage in ("teachers/rte", "targets/full/pt/seed-42/stsb", "targets/full/mpt/seed-42/rte"):
         assert yaml.safe_load((run / stage / "config.yaml").read_text())["train"]["token_reduction"] == "sum"
     spot = yaml.safe_load((run / "targets/full/spot/seed-42/rte/config.yaml").read_text())
-    assert spot["prompt"]["init"] == "prompts"  # SPoT starts from the teachers; MPT's P* did not (random)
+    assert spot["prompt"]["init"] == "best_prompt"  # SPoT starts from a teacher; MPT's P* did not (random)
+    assert (run / "targets/full/spot/seed-42/rte/spot_choice.json").is_file()
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["settings"]["full"]) == {"pt", "spot", "mpt", "mpt_multi"}
+    assert set(summary["settings"]["full"]) == {"pt", "spot", "spot_avg", "mpt", "mpt_multi"}
 
 
 def test_prompt_tune_config_parses():
@@ -100,7 +104,8 @@ def test_quality_benchmark_config_parses():
     path = CONFIGS.parent / "benchmarks" / "quality_cpu" / "pipeline.yaml"
     cfg = parse(PipelineConfig, load_yaml(path), source=str(path))
     assert cfg.teacher_train.max_steps == 192 and cfg.target_train.max_steps == 16
-    assert set(cfg.methods) == {"pt", "spot", "mpt", "mpt_no_distill", "mpt_no_decomp"}
+    assert set(cfg.methods) == {"pt", "spot_avg", "mpt", "mpt_no_distill", "mpt_no_decomp"}
+    assert (cfg.few_shot_draws, cfg.data.few_shot_dev) == (1, "full")  # the committed results' protocol
     from mptune.tasks import get_task
 
     for t in cfg.sources + cfg.targets:

@@ -52,7 +52,7 @@ class MultiTaskData:
     def load(cls, specs: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
         tasks = common.resolve_tasks(specs, data, "tasks")  # registry names or task files
         train = [common.train_examples(t, data, sample_seed) for t in tasks]
-        dev = [common.eval_examples(t, "dev", data) for t in tasks]
+        dev = [common.dev_examples(t, data, sample_seed, tr) for t, tr in zip(tasks, train)]
         feats = LazyFeatures([(e, k) for k, ex in enumerate(train) for e in ex], encoder)
         return cls(tasks, train, dev, feats)
 
