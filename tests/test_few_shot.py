@@ -105,21 +105,21 @@ def _tilt_task(folder, name: str, label: str):
                 for i in range(n)]
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = {"name": name, "files": {s: f"{s}.jsonl" for s in ("train", "dev", "test")}, "template": "say: {text}",
-         "label_words": ["no", "yes"]}
+         "label_words": ["a", "b"]}  # one token each: a small prior gap to move
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(d))
     return str(folder / f"{name}.yaml")
 
 
-def test_spot_picks_the_target_teacher_and_spot_avg_starts_at_the_mean(tmp_path, tiny_t5_dir, data_dir):
+def test_spot_picks_the_target_teacher_and_spot_avg_starts_at_the_mean(tmp_path, tiny_llama_dir, data_dir):
     import torch
 
     from mptune.prompts import load_prompt
 
-    no, yes = _tilt_task(tmp_path / "no", "tilt_no", "no"), _tilt_task(tmp_path / "yes", "tilt_yes", "yes")
+    no, yes = _tilt_task(tmp_path / "no", "tilt_no", "a"), _tilt_task(tmp_path / "yes", "tilt_yes", "b")
     root = tmp_path / "run"
     # sources: the other task first, so a tie would pick it; targets: 1 step at a negligible lr, so each
     # target's saved prompt is its start
-    _run(root, tiny_t5_dir, data_dir, sources=[no, yes], targets=[yes], methods=["spot", "spot_avg", "mpt"],
+    _run(root, tiny_llama_dir, data_dir, sources=[no, yes], targets=[yes], methods=["spot", "spot_avg", "mpt"],
          teacher_train={**STEPS, "max_steps": 8, "lr": 0.3},
          target_train={**STEPS, "max_steps": 1, "lr": 1e-12, "weight_decay": 0.0})
     choice = json.loads((root / "targets/full/spot/seed-1/tilt_yes/spot_choice.json").read_text())

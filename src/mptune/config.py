@@ -107,7 +107,7 @@ class PromptConfig:
         if self.init == PromptInit.text:
             _check(bool(self.init_text), "prompt.init_text", "is required when prompt.init=text")
         if self.init in (PromptInit.prompts, PromptInit.best_prompt):
-            _check(bool(self.init_from), "prompt.init_from", f"needs at least one prompt when prompt.init={self.init.value}")
+            _check(bool(self.init_from), "prompt.init_from", f"needs a prompt when prompt.init={self.init.value}")
 
 
 @dataclass

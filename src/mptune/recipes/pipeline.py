@@ -141,10 +141,11 @@ def summarize(cfg: PipelineConfig, stages: list[Stage], targets: list[str]) -> d
             test = lambda r: r.entry["test"]["score"]  # noqa: E731
             scores = {t: {str(seed): v for seed, v in per_seed(tasks.get(t, {}), test).items()} for t in targets}
             any_run = next(r for by_seed in tasks.values() for ds in by_seed.values() for r in ds.values())
+            draw_scores = {t: {str(s): {str(d): test(r) for d, r in ds.items()} for s, ds in tasks[t].items()}
+                           for t in targets if setting != "full" and t in tasks}
             per_task = {t: {"mean": statistics.fmean(list(v.values())),
                             "std": statistics.pstdev(list(v.values())) if len(v) > 1 else 0.0, "per_seed": v,
-                            "per_draw": {str(s): {str(d): test(r) for d, r in ds.items()}
-                                         for s, ds in tasks[t].items()}}
+                            **({"per_draw": draw_scores[t]} if t in draw_scores else {})}
                         if v else None for t, v in scores.items()}
             seed_avgs = [statistics.fmean(scores[t][s] for t in targets)
                          for s in map(str, cfg.seeds) if all(s in scores[t] for t in targets)]
