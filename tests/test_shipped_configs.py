@@ -34,6 +34,7 @@ def test_paper_presets_set_the_sourced_values():
     for path in PRESETS:
         cfg = parse(PipelineConfig, load_yaml(path), source=str(path))
         assert cfg.model.name == "google-t5/t5-base" and cfg.prompt.init == "vocab"
+        assert cfg.model.dropout == "keep"  # ATTEMPT trains T5 with its dropout on
         assert cfg.prompt.init_vocab_size == 5000 and cfg.data.max_source_length == 256
         for section in TRAIN_SECTIONS:
             t = getattr(cfg, section)
@@ -85,8 +86,9 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_t5(path, tmp_path, tiny_t5_dir, 
     assert source["train"]["token_reduction"] == "sum" and not (run / "source/mpt/teacher_cache").exists()
     log = [json.loads(x) for x in (run / "source/mpt/log.jsonl").read_text().splitlines() if '"loss"' in x]
     assert log and all("kl" in r and "hidden" in r and "kl_topk_gap" not in r for r in log)
-    for stage in ("teachers/rte", "targets/full/pt/seed-42/stsb", "targets/full/mpt/seed-42/rte"):
-        assert yaml.safe_load((run / stage / "config.yaml").read_text())["train"]["token_reduction"] == "sum"
+    for stage in ("teachers/rte", "source/mpt", "targets/full/pt/seed-42/stsb", "targets/full/mpt/seed-42/rte"):
+        stage_cfg = yaml.safe_load((run / stage / "config.yaml").read_text())
+        assert stage_cfg["train"]["token_reduction"] == "sum" and stage_cfg["model"]["dropout"] == "keep"
     spot = yaml.safe_load((run / "targets/full/spot/seed-42/rte/config.yaml").read_text())
     assert spot["prompt"]["init"] == "best_prompt"  # SPoT starts from a teacher; MPT's P* did not (random)
     assert (run / "targets/full/spot/seed-42/rte/spot_choice.json").is_file()
@@ -110,3 +112,20 @@ def test_quality_benchmark_config_parses():
 
     for t in cfg.sources + cfg.targets:
         get_task(t)
+
+
+def test_gpu_paper_preset_reduction_keeps_the_preset():
+    """benchmarks/gpu/paper_preset.py's overrides are valid and change only budgets, targets and limits."""
+    import importlib.util
+
+    path = CONFIGS.parent / "benchmarks" / "gpu" / "paper_preset.py"
+    spec = importlib.util.spec_from_file_location("paper_preset", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = parse(PipelineConfig, load_yaml(mod.PRESET), [f"{k}={v}" for k, v in mod.REDUCED.items()])
+    assert cfg.targets == ["rte", "mrpc", "stsb", "cola"] and cfg.source_train.max_steps == 5000
+    touched = {k.split(".")[0] for k in mod.REDUCED}
+    assert touched <= {"targets", "output_dir", "teacher_train", "source_train", "target_train", "data"}
+    assert {k for k in mod.REDUCED if k.startswith(("teacher_train", "source_train", "target_train", "data"))} == {
+        "teacher_train.max_steps", "source_train.max_steps", "target_train.max_steps", "data.eval_limit"}
+    assert cfg.distill.shared_init == "random" and cfg.prompt.length == 100  # the rest is the preset's

@@ -34,6 +34,14 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def _as_enum(cls: type[Enum], value: Any, key: str) -> Any:
+    """`value` as a member of `cls`, else ConfigError naming `key` and the choices."""
+    try:
+        return cls(value)
+    except ValueError:
+        raise ConfigError(f"{key}: must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
+
+
 class PromptInit(str, Enum):
     """How a soft prompt's vectors start."""
 
@@ -51,6 +59,13 @@ class FewShotDev(str, Enum):
     k = "k"  # k per class of the dev split (k in total otherwise), drawn as the training examples are
     full = "full"  # the whole dev split (at most data.eval_limit), as for full data
     none = "none"  # no selection: the last step's prompt is kept
+
+
+class Dropout(str, Enum):
+    """The frozen backbone's own dropout while a prompt trains."""
+
+    off = "off"  # eval mode in every pass: training is deterministic given the batch
+    keep = "keep"  # train mode in the trained prompt's passes (as ATTEMPT's HF Trainer trains T5: dropout 0.1)
 
 
 class Reduction(str, Enum):
@@ -79,9 +94,14 @@ class ModelConfig:
     shared prefix (same results as the plain path, much cheaper); false = the plain path (debugging)."""
     trust_remote_code: bool = False
     """Allow model code from the Hub (off by default)."""
+    dropout: Dropout = Dropout.off
+    """The backbone's own dropout while a prompt trains: off (eval mode in every pass) or keep (the trained
+    prompt's passes in train mode, as ATTEMPT trains T5). Teachers, evaluation and generation always run in
+    eval mode (Backbone.frozen_eval)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", "must not be empty (Hub id, folder or .gguf file)")
+        self.dropout = _as_enum(Dropout, self.dropout, "model.dropout")
 
 
 @dataclass
@@ -146,7 +166,7 @@ class DataConfig:
             _check(self.few_shot_k >= 1, "data.few_shot_k", "must be >= 1")
         if self.eval_limit is not None:
             _check(self.eval_limit >= 1, "data.eval_limit", "must be >= 1")
-        self.few_shot_dev = FewShotDev(self.few_shot_dev)
+        self.few_shot_dev = _as_enum(FewShotDev, self.few_shot_dev, "data.few_shot_dev")
         _check(self.few_shot_draw >= 0, "data.few_shot_draw", "must be >= 0")
 
     def resolved_data_dir(self) -> Optional[str]:

@@ -7,7 +7,8 @@ parses the text (regression: a number string, as T5 does for STS-B).
 
 The task's prompt is prepared once per call (on the fast path: its keys/values,
 reused by every batch), and examples are batched in order of source length so a
-batch pads little; predictions come back in example order.
+batch pads little; predictions come back in example order. Every pass runs in eval
+mode (the Backbone's no-grad methods use Backbone.frozen_eval; model.dropout=keep too).
 
 Under several processes each process scores a strided shard; predictions are
 gathered and put back in example order, so every example counts exactly once.

@@ -74,6 +74,7 @@ class Layout:
         self.names = {spec: t.name for key in ("sources", "targets") for spec, t in
                       zip(getattr(cfg, key), common.resolve_tasks(getattr(cfg, key), cfg.data, key,
                                                                   check_data=check_data))}
+        adapt.init_source(cfg.adapt.init, "adapt.init", [self.names[s] for s in cfg.sources])
 
     def teacher(self, spec: str) -> Stage:
         cfg, name = self.cfg, self.names[spec]

@@ -8,7 +8,8 @@ KL(teacher ‖ student) of the output distributions at the target positions with
 temperature T (T² scaled); L_hidden is the squared error (mean or sum over d:
 distill.hidden_reduction) between final-layer hidden states at the target positions (decoder for T5, the LM for causal models) — or, with
 distill.hidden_at=source, at the input text positions (the T5 encoder). Teachers
-are just another prompt table through the same frozen backbone, run without grad.
+are just another prompt table through the same frozen backbone, run without grad
+and in eval mode (no dropout, also under model.dropout=keep).
 Batches mix tasks (stochastic task sampling).
 
 Ablations in the same recipe: distill.weight=0 (no distillation, task loss only);
@@ -190,8 +191,9 @@ def run(cfg: DistillConfig) -> dict:
         b = collate([data.features[i] for i in idx], backbone.kind, backbone.pad_id)
         return {**{k: v.to(acc.device) for k, v in b.items()}, "example_index": idx}
 
-    def run_teacher(batch: dict):
-        return backbone(teachers, batch, hidden=dc.hidden)
+    def run_teacher(batch: dict):  # live, cache fill and the top-k gap: always eval mode (model.dropout)
+        with backbone.frozen_eval():
+            return backbone(teachers, batch, hidden=dc.hidden)
 
     def teacher(batch: dict):
         with torch.no_grad():  # cached: computed once per example, then read from disk
@@ -224,7 +226,8 @@ def run(cfg: DistillConfig) -> dict:
     # -- train -------------------------------------------------------------
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,
                       plan=data.plan(cfg.train.batch_size, cfg.train.seed, cfg.sampling), make_batch=make_batch,
-                      loss_fn=loss_fn, evaluate=dev_score, out_dir=out, resume=cfg.resume, desc="distill")
+                      loss_fn=loss_fn, evaluate=dev_score, out_dir=out, resume=cfg.resume, desc="distill",
+                      backbone=backbone)
     result = trainer.fit()
     if tcache is not None:
         tcache.flush()

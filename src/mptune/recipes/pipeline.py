@@ -17,13 +17,13 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, TrainConfig, _check
 from ..plan import METHODS, Layout, MethodName, Stage, per_seed, task_runs
 from ..runner import run_plan
 from ..utils import atomic_write_json, atomic_write_text
-from . import common, distill
+from . import adapt, common, distill
 from .multitask import SamplingConfig
 
 
@@ -35,10 +35,14 @@ class AdaptOptions:
     """Learning rate of P* (default: target_train.lr)."""
     lr_task: Optional[float] = None
     """Learning rate of u, v (default: target_train.lr)."""
-    init: Literal["shared", "shared_times_mean_task"] = "shared"
-    """Start at P*, or at P* ∘ (average source task matrix)."""
+    init: str = "shared"
+    """The target prompt at step 0: shared (P*), shared_times_mean_task (P* ∘ mean_k u_k v_k), peft_average
+    (P* ∘ (mean u)(mean v)) or source:<task> (P* ∘ u_s v_s of that source task); see adapt.INITS."""
     freeze_shared: bool = False
     """Train only u, v on the target."""
+
+    def __post_init__(self) -> None:
+        adapt.init_source(self.init, "adapt.init")  # the source task itself is checked against `sources` by Layout
 
 
 @dataclass
