@@ -36,12 +36,14 @@ def test_paper_presets_set_the_sourced_values():
         assert cfg.model.name == "google-t5/t5-base" and cfg.prompt.init == "vocab"
         assert cfg.model.dropout == "keep"  # ATTEMPT trains T5 with its dropout on
         assert cfg.prompt.init_vocab_size == 5000 and cfg.data.max_source_length == 256
+        assert cfg.data.format == "attempt"  # ATTEMPT's tasks.py strings and labels "0"/"1"/...
         for section in TRAIN_SECTIONS:
             t = getattr(cfg, section)
             assert (t.lr, t.batch_size, t.warmup_steps, t.weight_decay, t.max_grad_norm) == (0.3, 32, 500, 1e-5, 1.0)
             assert t.token_reduction == "sum"
         d = cfg.distill
         assert (d.shared_init, d.hidden_reduction, d.teacher_topk, d.teacher_cache) == ("random", "sum", 0, False)
+        assert (cfg.eval.mode, cfg.eval.match) == ("generate", "exact")  # ATTEMPT: generate, strip, compare
         # true few-shot (k per class in the selection dev too, 3 draws) and SPoT both ways
         assert (cfg.data.few_shot_dev, cfg.few_shot_draws) == ("k", 3)
         assert {"pt", "spot", "spot_avg", "mpt"} <= set(cfg.methods)
@@ -89,11 +91,27 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_t5(path, tmp_path, tiny_t5_dir, 
     for stage in ("teachers/rte", "source/mpt", "targets/full/pt/seed-42/stsb", "targets/full/mpt/seed-42/rte"):
         stage_cfg = yaml.safe_load((run / stage / "config.yaml").read_text())
         assert stage_cfg["train"]["token_reduction"] == "sum" and stage_cfg["model"]["dropout"] == "keep"
+    # ATTEMPT's text: every stage records the format; labels are class indices, STS-B rounded to 0.1
+    for stage, task in (("teachers/rte", "rte"), ("source/mpt", "stsb"), ("targets/full/pt/seed-42/stsb", "stsb")):
+        assert json.loads((run / stage / "tasks/formats.json").read_text())[task] == "attempt"
+    rte = [json.loads(x) for x in (run / "teachers/rte/predictions_rte_test.jsonl").read_text().splitlines()]
+    assert rte and {r["target"] for r in rte} <= {"0", "1"}
     spot = yaml.safe_load((run / "targets/full/spot/seed-42/rte/config.yaml").read_text())
     assert spot["prompt"]["init"] == "best_prompt"  # SPoT starts from a teacher; MPT's P* did not (random)
     assert (run / "targets/full/spot/seed-42/rte/spot_choice.json").is_file()
+    # every stage evaluates as ATTEMPT (generate, exact match) and reports its invalid predictions
+    stages = ("teachers/rte", "source/mpt", "targets/full/spot/seed-42/rte", "targets/full/mpt_multi/seed-42/rte+stsb")
+    for stage in stages:
+        assert yaml.safe_load((run / stage / "config.yaml").read_text())["eval"] == load_yaml(path)["eval"]
+        for entry in json.loads((run / stage / "metrics.json").read_text())["tasks"].values():
+            assert all(0 <= entry[s]["invalid_rate"] <= 100 for s in ("dev", "test"))
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["settings"]["full"]) == {"pt", "spot", "spot_avg", "mpt", "mpt_multi"}
+    pt = summary["settings"]["full"]["pt"]["tasks"]["rte"]
+    pt_test = json.loads((run / "targets/full/pt/seed-42/rte/metrics.json").read_text())["tasks"]["rte"]["test"]
+    assert pt["invalid_rate"] == pt_test["invalid_rate"]
+    assert "[% invalid predictions]" in summary["markdown"]
+    assert f"{pt['mean']:.1f} [{pt['invalid_rate']:.1f}]" in summary["markdown"]
 
 
 def test_prompt_tune_config_parses():

@@ -49,6 +49,7 @@ from .config import Dropout, ModelConfig
 from .errors import MissingFileError
 from .fastpath import PrefixKV
 from .kinds import IGNORE, ModelKind, position_ids, sequence_logprob, spec_for  # noqa: F401 (re-exported)
+from .kinds import CHOICE, label_rows
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,25 @@ class TargetOutput:
     hidden: [B, T, d] final-layer hidden states at those positions (decoder for T5), or None;
     source_hidden: [B, S, d] final-layer states at the text positions after the prompt
     (encoder for T5, the LM for causal models; pads per batch["attention_mask"]), or None.
+    label_scores: the batch's label rows scored (train.target_loss=labels), or None.
     """
 
     logits: torch.Tensor
     labels: torch.Tensor
     hidden: Optional[torch.Tensor] = None
     source_hidden: Optional[torch.Tensor] = None
+    label_scores: Optional["LabelScores"] = None
+
+
+@dataclass
+class LabelScores:
+    """Every (example, label string) row of a batch (kinds.py's label rows): logprob [N] the label's summed
+    target log-prob (EOS included, as rank evaluation scores it), example [N] its example, gold [N] 1 on
+    the gold label's row."""
+
+    logprob: torch.Tensor
+    example: torch.Tensor
+    gold: torch.Tensor
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -189,15 +203,24 @@ class Backbone(nn.Module):
         return emb, mask
 
     # -- teacher-forced forward --------------------------------------------
-    def forward(self, prompts: torch.Tensor, batch: dict, hidden: bool = False) -> TargetOutput:
-        """Teacher-forced pass; returns target-aligned logits (and hidden states if asked)."""
+    def forward(self, prompts: torch.Tensor, batch: dict, hidden: bool = False,
+                with_labels: bool = True) -> TargetOutput:
+        """Teacher-forced pass; returns target-aligned logits (and hidden states if asked), and, when the
+        batch carries label rows and `with_labels`, their scores (a second pass over those rows)."""
         # (every row its own task, e.g. batch size 1: nothing to share, one pass is cheaper than two;
         # dropout kept and active: each row draws its own masks, see the module docstring)
         dropout_on = self.keep_dropout and self.model.training
         if (not dropout_on and self._use_fast(batch["attention_mask"], batch["labels"])
                 and torch.unique(batch["task_index"]).numel() < batch["task_index"].numel()):
-            return self._forward_fast(prompts, batch, hidden)
-        return self._forward_plain(prompts, batch, hidden)
+            out = self._forward_fast(prompts, batch, hidden)
+        else:
+            out = self._forward_plain(prompts, batch, hidden)
+        rows = label_rows(batch) if with_labels else None
+        if rows is not None:
+            r = self.forward(prompts, rows)
+            out.label_scores = LabelScores(sequence_logprob(r.logits, r.labels), batch[CHOICE + "example"],
+                                           batch[CHOICE + "gold"])
+        return out
 
     def _forward_plain(self, prompts: torch.Tensor, batch: dict, hidden: bool = False) -> TargetOutput:
         emb, mask = self._with_prompt(prompts, batch["task_index"], batch["input_ids"], batch["attention_mask"])

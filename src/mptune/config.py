@@ -61,6 +61,21 @@ class FewShotDev(str, Enum):
     none = "none"  # no selection: the last step's prompt is kept
 
 
+class TextFormat(str, Enum):
+    """How every task's rows become text: templates and label strings (a task's ``formats``)."""
+
+    t5 = "t5"  # T5's text-to-text formats with word labels (each task record's own template)
+    attempt = "attempt"  # ATTEMPT's tasks.py: task-name prefixes, labels "0"/"1"/"2" (docs/fidelity.md)
+    natural = "natural"  # plain instructions for decoder-only instruct models ("sentence: ...\nsentiment:")
+
+
+class TargetLoss(str, Enum):
+    """What L_PLM is the likelihood of."""
+
+    vocab = "vocab"  # the target tokens, softmax over the whole vocabulary
+    labels = "labels"  # the gold label among the label strings (classification tasks; others keep vocab)
+
+
 class Dropout(str, Enum):
     """The frozen backbone's own dropout while a prompt trains."""
 
@@ -73,6 +88,20 @@ class Reduction(str, Enum):
 
     mean = "mean"
     sum = "sum"
+
+
+class EvalMode(str, Enum):
+    """How a label (classification) task is predicted."""
+
+    rank = "rank"  # score every label (sum of its token log-probs), predict the best: never invalid
+    generate = "generate"  # greedy decoding, then string matching against the labels (ATTEMPT)
+
+
+class Match(str, Enum):
+    """How a generated string is matched against the label strings."""
+
+    exact = "exact"  # equal after stripping surrounding space (ATTEMPT); anything else is invalid
+    lenient = "lenient"  # exact, else equal ignoring case
 
 
 @dataclass
@@ -156,8 +185,14 @@ class DataConfig:
     """Use at most this many dev and test examples (a seeded subset; None = all)."""
     seed: int = 42
     """Seed of the paper splits (42 reproduces the ATTEMPT/MPT dev/test cuts); keep it fixed across runs."""
+    format: TextFormat = TextFormat.t5
+    """Text format of every task: t5 (T5's templates, word labels), attempt (ATTEMPT's tasks.py: task-name
+    prefixes, labels "0"/"1"/...) or natural (instructions for decoder-only models). A task without the chosen
+    format keeps t5 (logged once). A stage folder records the format its tasks used (tasks/formats.json);
+    evaluate / predict / serve read that prompt with it."""
 
     def __post_init__(self) -> None:
+        self.format = TextFormat(self.format)
         _check(self.max_source_length >= 1, "data.max_source_length", "must be >= 1")
         _check(self.max_target_length >= 1, "data.max_target_length", "must be >= 1")
         if self.train_limit is not None:
@@ -213,6 +248,10 @@ class TrainConfig:
     """Each example's loss over its target tokens: mean or sum (L_PLM, and in distillation L_logits and
     L_hidden); the batch is then averaged over examples either way. Sum weighs long targets more and scales
     the loss (so clipping and λ act differently)."""
+    target_loss: TargetLoss = TargetLoss.vocab
+    """L_PLM: vocab (the target tokens' likelihood over the whole vocabulary) or labels (classification
+    tasks: cross-entropy of the gold label among the task's label strings, each scored by its summed token
+    log-prob as rank evaluation scores it; token_reduction does not apply). Other tasks keep vocab."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
@@ -232,6 +271,22 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         self.token_reduction = Reduction(self.token_reduction)
+        self.target_loss = TargetLoss(self.target_loss)
+
+
+@dataclass
+class EvalConfig:
+    """How label tasks are evaluated: dev selection and test of every stage, evaluate and predict."""
+
+    mode: EvalMode = EvalMode.rank
+    """rank: pick the label with the highest summed log-prob; generate: greedy decoding (up to the longest
+    label's tokens + EOS) compared with the label strings, as ATTEMPT evaluates. Other task kinds always generate."""
+    match: Match = Match.lenient
+    """Under generate: exact = equal after stripping space (ATTEMPT); lenient = exact, else ignoring case.
+    A prediction matching no label is wrong and counted in the metrics' invalid_rate."""
+
+    def __post_init__(self) -> None:
+        self.mode, self.match = EvalMode(self.mode), Match(self.match)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # Settings a checkpoint must agree on to be resumed exactly (others, e.g. eval_every, may change).
 RESUME_KEYS = ("batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "max_steps", "seed",
-               "max_grad_norm")
+               "max_grad_norm", "token_reduction", "target_loss")  # keys a checkpoint lacks are not compared
 
 
 @dataclass

@@ -81,7 +81,7 @@ class Layout:
         folder = self.out / "teachers" / name
         return Stage(f"teacher {name}", folder, "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
             model=cfg.model, task=spec, output_dir=str(folder), prompt=cfg.prompt, data=cfg.data,
-            train=cfg.teacher_train), tasks=(name,))
+            train=cfg.teacher_train, eval=cfg.eval), tasks=(name,))
 
     def source(self, variant: str) -> Stage:
         cfg = self.cfg
@@ -89,7 +89,7 @@ class Layout:
         config = SOURCES[variant](distill.DistillConfig(
             model=cfg.model, tasks=cfg.sources, output_dir=str(folder), teachers_dir=str(self.out / "teachers"),
             rank=cfg.rank, prompt=cfg.prompt, distill=cfg.distill, sampling=cfg.sampling, data=cfg.data,
-            train=cfg.source_train))
+            train=cfg.source_train, eval=cfg.eval))
         needs = tuple(self.teacher(t).name for t in cfg.sources)
         return Stage(f"distill ({variant})", folder, "distill", distill.run, config, needs,
                      tasks=tuple(self.names[t] for t in cfg.sources))
@@ -140,7 +140,8 @@ class Layout:
 def _prompt_tune(lay: Layout, m: Method, c: Cell, prompt: PromptConfig, needs: tuple[str, ...] = ()) -> list[Stage]:
     cfg = lay.cfg
     return [lay.target(c, m.name, [t], "prompt-tune", prompt_tune.run, lambda f, t=t: prompt_tune.PromptTuneConfig(
-        model=cfg.model, task=t, output_dir=f, prompt=prompt, data=c.data, train=c.train), needs) for t in cfg.targets]
+        model=cfg.model, task=t, output_dir=f, prompt=prompt, data=c.data, train=c.train, eval=cfg.eval),
+        needs) for t in cfg.targets]
 
 
 def _pt(lay: Layout, m: Method, c: Cell) -> list[Stage]:
@@ -171,7 +172,7 @@ def _adapt(lay: Layout, m: Method, c: Cell, specs: list[str]) -> Stage:
     return lay.target(c, m.name, specs, "adapt", adapt.run, lambda f: adapt.AdaptConfig(
         tasks=specs, output_dir=f, source=str(source.folder), model=cfg.model, rank=cfg.rank, init=cfg.adapt.init,
         lr_shared=cfg.adapt.lr_shared, lr_task=cfg.adapt.lr_task, freeze_shared=cfg.adapt.freeze_shared,
-        sampling=cfg.sampling, data=c.data, train=c.train), (source.name,))
+        sampling=cfg.sampling, data=c.data, train=c.train, eval=cfg.eval), (source.name,))
 
 
 def _adapt_each(lay: Layout, m: Method, c: Cell) -> list[Stage]:

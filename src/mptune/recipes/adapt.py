@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, TrainConfig, _check, load_yaml
+from ..config import ConfigError, DataConfig, EvalConfig, ModelConfig, PromptConfig, TrainConfig, _check, load_yaml
 from ..data import collate
 from ..engine import Trainer
 from ..losses import TokenNLL
@@ -73,6 +73,8 @@ class AdaptConfig:
     """Data source, tokenisation, few-shot k."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """How label tasks are evaluated (rank or generate)."""
     resume: bool = True
     """Resume from the newest good checkpoint."""
 
@@ -162,12 +164,12 @@ def run(cfg: AdaptConfig) -> dict:
     cfg = dataclasses.replace(cfg, model=source_model(cfg))  # the folder records the backbone it used
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
-    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train.seed)
+    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train)
     prompt = initial_prompt(cfg, backbone, data.names).to(acc.device)
     groups = prompt.param_groups(cfg.lr_shared or cfg.train.lr, cfg.lr_task or cfg.train.lr, cfg.freeze_shared)
     for g in groups:  # the setting behind each lr: a resume that finds it changed is refused, naming it
         g["name"] = "lr_shared" if g["params"][0] is prompt.shared else "lr_task"
-    nll = TokenNLL(cfg.train.token_reduction)
+    nll = TokenNLL(cfg.train.token_reduction, cfg.train.target_loss)
 
     def make_batch(idx: list[int]) -> dict:
         b = collate([data.features[i] for i in idx], backbone.kind, backbone.pad_id)
@@ -178,7 +180,7 @@ def run(cfg: AdaptConfig) -> dict:
 
     def dev_score():
         return dev_average(backbone, trainer.module, data, encoder, cfg.train.eval_batch_size, acc,
-                           cfg.train.eval_limit)
+                           cfg.train.eval_limit, cfg.eval)
 
     # -- train -------------------------------------------------------------
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,

@@ -31,7 +31,8 @@ from typing import Literal, Optional, Sequence
 
 import torch
 
-from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, PromptInit, Reduction, TrainConfig, _check
+from ..config import (ConfigError, DataConfig, EvalConfig, ModelConfig, PromptConfig, PromptInit, Reduction,
+                      TrainConfig, _check)
 from ..data import collate
 from ..engine import Trainer
 from ..losses import DistillLoss, LogitKL
@@ -121,6 +122,8 @@ class DistillConfig:
     """Data source and tokenisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """How label tasks are evaluated (rank or generate)."""
     resume: bool = True
     """Resume from the newest good checkpoint."""
 
@@ -160,7 +163,7 @@ def run(cfg: DistillConfig) -> dict:
     acc = common.make_accelerator(cfg.train.mixed_precision)
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
-    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train.seed)
+    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train)
     teachers = None
     if cfg.teachers_dir is not None and needs_teachers(cfg.distill):
         teachers = teacher_table(Path(cfg.teachers_dir), data.names, backbone).to(acc.device)
@@ -177,7 +180,7 @@ def run(cfg: DistillConfig) -> dict:
     distilling = teachers is not None and dc.weight > 0 and (dc.logits or dc.hidden)
     at_source = dc.hidden and dc.hidden_at == "source"
     loss = DistillLoss(dc.weight, dc.temperature, dc.logits, dc.hidden, cfg.train.token_reduction,
-                       dc.hidden_reduction)
+                       dc.hidden_reduction, cfg.train.target_loss)
 
     tcache = None
     if distilling and dc.teacher_cache and not at_source:
@@ -192,8 +195,8 @@ def run(cfg: DistillConfig) -> dict:
         return {**{k: v.to(acc.device) for k, v in b.items()}, "example_index": idx}
 
     def run_teacher(batch: dict):  # live, cache fill and the top-k gap: always eval mode (model.dropout)
-        with backbone.frozen_eval():
-            return backbone(teachers, batch, hidden=dc.hidden)
+        with backbone.frozen_eval():  # label rows (train.target_loss=labels) are the student's loss only
+            return backbone(teachers, batch, hidden=dc.hidden, with_labels=False)
 
     def teacher(batch: dict):
         with torch.no_grad():  # cached: computed once per example, then read from disk
@@ -221,7 +224,7 @@ def run(cfg: DistillConfig) -> dict:
 
     def dev_score():
         return dev_average(backbone, trainer.module, data, encoder, cfg.train.eval_batch_size, acc,
-                           cfg.train.eval_limit)
+                           cfg.train.eval_limit, cfg.eval)
 
     # -- train -------------------------------------------------------------
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, TrainConfig, _check
+from ..config import ConfigError, DataConfig, EvalConfig, EvalMode, ModelConfig, PromptConfig, TrainConfig, _check
 from ..plan import METHODS, Layout, MethodName, Stage, per_seed, task_runs
 from ..runner import run_plan
 from ..utils import atomic_write_json, atomic_write_text
@@ -89,6 +89,8 @@ class PipelineConfig:
     """Task sampling (source training and MPT*)."""
     adapt: AdaptOptions = field(default_factory=AdaptOptions)
     """Target adaptation options."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """How label tasks are evaluated in every stage (rank or generate)."""
     workers: int = 1
     """Stages run at once, each in its own process (1 = one after another, in this process)."""
     threads: Optional[int] = None
@@ -131,13 +133,16 @@ def run(cfg: PipelineConfig) -> dict:
 
 def summarize(cfg: PipelineConfig, stages: list[Stage], targets: list[str]) -> dict:
     """Per (setting, method): per-task mean ± std over seeds of each seed's mean over its few-shot draws (full
-    data: one), the task average, params per task (`targets`: names)."""
+    data: one) and the mean invalid rate, task average, params per task (`targets`: names). Under
+    eval.mode=generate the table shows each cell's invalid rate too."""
     result = {"targets": targets, "seeds": cfg.seeds, "few_shot_draws": cfg.few_shot_draws, "settings": {}}
     lines = []
+    show_invalid = cfg.eval.mode == EvalMode.generate
     for setting, methods in task_runs(stages).items():
         draws = "" if setting == "full" else f", each the mean of its {cfg.few_shot_draws} draw(s)"
         lines += [f"### Target tasks — {'full data' if setting == 'full' else 'few-shot ' + setting} "
-                  f"(test score, mean ± std over {len(cfg.seeds)} seed(s){draws})", "",
+                  f"(test score, mean ± std over {len(cfg.seeds)} seed(s){draws}"
+                  f"{'; [% invalid predictions]' if show_invalid else ''})", "",
                   "| method | " + " | ".join(targets) + " | avg | params/task | % of backbone |",
                   "|---" * (len(targets) + 4) + "|"]
         res = result["settings"][setting] = {}
@@ -147,20 +152,25 @@ def summarize(cfg: PipelineConfig, stages: list[Stage], targets: list[str]) -> d
             any_run = next(r for by_seed in tasks.values() for ds in by_seed.values() for r in ds.values())
             draw_scores = {t: {str(s): {str(d): test(r) for d, r in ds.items()} for s, ds in tasks[t].items()}
                            for t in targets if setting != "full" and t in tasks}
+            invalid = {t: [r.entry["test"].get("invalid_rate", 0.0) for ds in tasks.get(t, {}).values()
+                           for r in ds.values()] for t in targets}  # folders from before invalid_rate: 0
             per_task = {t: {"mean": statistics.fmean(list(v.values())),
                             "std": statistics.pstdev(list(v.values())) if len(v) > 1 else 0.0, "per_seed": v,
+                            "invalid_rate": statistics.fmean(invalid[t]),
                             **({"per_draw": draw_scores[t]} if t in draw_scores else {})}
                         if v else None for t, v in scores.items()}
             seed_avgs = [statistics.fmean(scores[t][s] for t in targets)
                          for s in map(str, cfg.seeds) if all(s in scores[t] for t in targets)]
             avg = {"mean": statistics.fmean(seed_avgs) if seed_avgs else None,
-                   "std": statistics.pstdev(seed_avgs) if len(seed_avgs) > 1 else 0.0}
+                   "std": statistics.pstdev(seed_avgs) if len(seed_avgs) > 1 else 0.0,
+                   "invalid_rate": statistics.fmean(x for v in invalid.values() for x in v)}
             pct = 100.0 * any_run.params_per_task / any_run.backbone_params
             res[method] = {"tasks": per_task, "average": avg, "params_per_task": any_run.params_per_task,
                            "percent_of_backbone": pct, "draws": max(len(ds) for bs in tasks.values()
                                                                     for ds in bs.values())}
             fmt = lambda v: "—" if v is None or v["mean"] is None else (  # noqa: E731
-                f"{v['mean']:.1f} ± {v['std']:.1f}" if len(cfg.seeds) > 1 else f"{v['mean']:.1f}")
+                (f"{v['mean']:.1f} ± {v['std']:.1f}" if len(cfg.seeds) > 1 else f"{v['mean']:.1f}")
+                + (f" [{v['invalid_rate']:.1f}]" if show_invalid else ""))
             lines.append(f"| {METHODS[method].label} | " + " | ".join(fmt(per_task[t]) for t in targets) +
                          f" | {fmt(avg)} | {any_run.params_per_task:,} | {pct:.4f}% |")
         lines.append("")

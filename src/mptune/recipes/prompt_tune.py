@@ -16,7 +16,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, PromptInit, TrainConfig
+from ..config import (ConfigError, DataConfig, EvalConfig, ModelConfig, PromptConfig, PromptInit, TargetLoss,
+                      TrainConfig)
 from ..data import ShuffledBatches, collate
 from ..engine import Trainer
 from ..evaluation import evaluate
@@ -44,6 +45,8 @@ class PromptTuneConfig:
     """Data source and tokenisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """How label tasks are evaluated (rank or generate)."""
     resume: bool = True
     """Resume from the newest good checkpoint in output_dir/checkpoints."""
 
@@ -59,11 +62,11 @@ def run(cfg: PromptTuneConfig) -> dict:
     train = common.train_examples(task, cfg.data, cfg.train.seed)
     dev = common.dev_examples(task, cfg.data, cfg.train.seed, train)
     dev_subset = dev[: cfg.train.eval_limit] if cfg.train.eval_limit else dev
-    feats = common.features(train, encoder)
+    feats = common.features(task, train, encoder, label_rows=cfg.train.target_loss == TargetLoss.labels)
 
     def score(module) -> float:
         return evaluate(backbone, module, task, dev_subset, encoder, cfg.train.eval_batch_size, accelerator=acc,
-                        progress=False).metrics["score"]
+                        progress=False, how=cfg.eval).metrics["score"]
 
     start = cfg.prompt
     if start.init == PromptInit.best_prompt:  # SPoT: the candidate that scores best on dev before training
@@ -72,7 +75,7 @@ def run(cfg: PromptTuneConfig) -> dict:
     g = torch.Generator().manual_seed(cfg.train.seed)
     init = init_prompt_vectors(start, backbone.model.get_input_embeddings(), backbone.tokenizer, g)
     prompt = SoftPrompt(cfg.prompt.length, backbone.hidden_size, init).to(acc.device)
-    nll = TokenNLL(cfg.train.token_reduction)
+    nll = TokenNLL(cfg.train.token_reduction, cfg.train.target_loss)
 
     def make_batch(idx: list[int]) -> dict:
         b = collate([feats[i] for i in idx], backbone.kind, backbone.pad_id)
