@@ -44,6 +44,9 @@ def test_paper_presets_set_the_sourced_values():
         d = cfg.distill
         assert (d.shared_init, d.hidden_reduction, d.teacher_topk, d.teacher_cache) == ("random", "sum", 0, False)
         assert (cfg.eval.mode, cfg.eval.match) == ("generate", "exact")  # ATTEMPT: generate, strip, compare
+        # true few-shot (k per class in the selection dev too, 3 draws) and SPoT both ways
+        assert (cfg.data.few_shot_dev, cfg.few_shot_draws) == ("k", 3)
+        assert {"pt", "spot", "spot_avg", "mpt"} <= set(cfg.methods)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -94,7 +97,8 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_t5(path, tmp_path, tiny_t5_dir, 
     rte = [json.loads(x) for x in (run / "teachers/rte/predictions_rte_test.jsonl").read_text().splitlines()]
     assert rte and {r["target"] for r in rte} <= {"0", "1"}
     spot = yaml.safe_load((run / "targets/full/spot/seed-42/rte/config.yaml").read_text())
-    assert spot["prompt"]["init"] == "prompts"  # SPoT starts from the teachers; MPT's P* did not (random)
+    assert spot["prompt"]["init"] == "best_prompt"  # SPoT starts from a teacher; MPT's P* did not (random)
+    assert (run / "targets/full/spot/seed-42/rte/spot_choice.json").is_file()
     # every stage evaluates as ATTEMPT (generate, exact match) and reports its invalid predictions
     stages = ("teachers/rte", "source/mpt", "targets/full/spot/seed-42/rte", "targets/full/mpt_multi/seed-42/rte+stsb")
     for stage in stages:
@@ -102,7 +106,7 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_t5(path, tmp_path, tiny_t5_dir, 
         for entry in json.loads((run / stage / "metrics.json").read_text())["tasks"].values():
             assert all(0 <= entry[s]["invalid_rate"] <= 100 for s in ("dev", "test"))
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["settings"]["full"]) == {"pt", "spot", "mpt", "mpt_multi"}
+    assert set(summary["settings"]["full"]) == {"pt", "spot", "spot_avg", "mpt", "mpt_multi"}
     pt = summary["settings"]["full"]["pt"]["tasks"]["rte"]
     pt_test = json.loads((run / "targets/full/pt/seed-42/rte/metrics.json").read_text())["tasks"]["rte"]["test"]
     assert pt["invalid_rate"] == pt_test["invalid_rate"]
@@ -120,7 +124,8 @@ def test_quality_benchmark_config_parses():
     path = CONFIGS.parent / "benchmarks" / "quality_cpu" / "pipeline.yaml"
     cfg = parse(PipelineConfig, load_yaml(path), source=str(path))
     assert cfg.teacher_train.max_steps == 192 and cfg.target_train.max_steps == 16
-    assert set(cfg.methods) == {"pt", "spot", "mpt", "mpt_no_distill", "mpt_no_decomp"}
+    assert set(cfg.methods) == {"pt", "spot_avg", "mpt", "mpt_no_distill", "mpt_no_decomp"}
+    assert (cfg.few_shot_draws, cfg.data.few_shot_dev) == (1, "full")  # the committed results' protocol
     from mptune.tasks import get_task
 
     for t in cfg.sources + cfg.targets:

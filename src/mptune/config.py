@@ -50,6 +50,15 @@ class PromptInit(str, Enum):
     text = "text"  # embeddings of `init_text`, repeated to length l
     random = "random"  # normal noise with the embedding table's std
     prompts = "prompts"  # average of saved soft prompts (SPoT-style transfer)
+    best_prompt = "best_prompt"  # the one saved prompt scoring best on the dev set at step 0 (SPoT; prompt-tune)
+
+
+class FewShotDev(str, Enum):
+    """The dev set a few-shot run selects its best step on."""
+
+    k = "k"  # k per class of the dev split (k in total otherwise), drawn as the training examples are
+    full = "full"  # the whole dev split (at most data.eval_limit), as for full data
+    none = "none"  # no selection: the last step's prompt is kept
 
 
 class TextFormat(str, Enum):
@@ -137,7 +146,8 @@ class PromptConfig:
     init_vocab_size: int = 5000
     """Sample init tokens from the first this-many vocabulary ids (init=vocab)."""
     init_from: list[str] = field(default_factory=list)
-    """Prompt folders/files whose soft prompts are averaged to start from (init=prompts; SPoT-style)."""
+    """Prompt folders/files to start from: their average (init=prompts), or the one that scores best on the dev
+    set before training (init=best_prompt; prompt-tune writes every score and its pick to spot_choice.json)."""
 
     def __post_init__(self) -> None:
         self.init = PromptInit(self.init)
@@ -145,8 +155,8 @@ class PromptConfig:
         _check(self.init_vocab_size >= 1, "prompt.init_vocab_size", "must be >= 1")
         if self.init == PromptInit.text:
             _check(bool(self.init_text), "prompt.init_text", "is required when prompt.init=text")
-        if self.init == PromptInit.prompts:
-            _check(bool(self.init_from), "prompt.init_from", "needs at least one prompt when prompt.init=prompts")
+        if self.init in (PromptInit.prompts, PromptInit.best_prompt):
+            _check(bool(self.init_from), "prompt.init_from", f"needs a prompt when prompt.init={self.init.value}")
 
 
 @dataclass
@@ -163,7 +173,14 @@ class DataConfig:
     train_limit: Optional[int] = None
     """Use at most this many training examples (after shuffling with data.seed)."""
     few_shot_k: Optional[int] = None
-    """Few-shot: k training examples per class (k in total for non-classification tasks), sampled with train.seed."""
+    """Few-shot: k training examples per class (k in total for non-classification tasks), sampled with the
+    draw's seed (see few_shot_draw)."""
+    few_shot_dev: FewShotDev = FewShotDev.k
+    """Few-shot: the dev set the best step is selected on: k (k per class of the dev split, none of them among
+    the training examples, drawn with the draw's seed), full (the whole dev split), or none (the last step)."""
+    few_shot_draw: int = 0
+    """Few-shot: which draw of k examples; draw 0 is sampled with train.seed, draw i > 0 with a seed derived
+    from (train.seed, i); the training seed stays train.seed (the pipeline sets it per run)."""
     eval_limit: Optional[int] = None
     """Use at most this many dev and test examples (a seeded subset; None = all)."""
     seed: int = 42
@@ -184,6 +201,8 @@ class DataConfig:
             _check(self.few_shot_k >= 1, "data.few_shot_k", "must be >= 1")
         if self.eval_limit is not None:
             _check(self.eval_limit >= 1, "data.eval_limit", "must be >= 1")
+        self.few_shot_dev = _as_enum(FewShotDev, self.few_shot_dev, "data.few_shot_dev")
+        _check(self.few_shot_draw >= 0, "data.few_shot_draw", "must be >= 0")
 
     def resolved_data_dir(self) -> Optional[str]:
         from .assets import resolve_data_dir  # the one reader of $MPTUNE_DATA_DIR

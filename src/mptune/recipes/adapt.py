@@ -185,8 +185,8 @@ def run(cfg: AdaptConfig) -> dict:
     # -- train -------------------------------------------------------------
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,
                       plan=data.plan(cfg.train.batch_size, cfg.train.seed, cfg.sampling), make_batch=make_batch,
-                      loss_fn=loss_fn, evaluate=dev_score, out_dir=out, resume=cfg.resume,
-                      desc=f"adapt {'+'.join(data.names)}", backbone=backbone)
+                      loss_fn=loss_fn, evaluate=dev_score if any(data.dev) else None, out_dir=out,
+                      resume=cfg.resume, desc=f"adapt {'+'.join(data.names)}", backbone=backbone)
     result = trainer.fit()
 
     # -- save --------------------------------------------------------------

@@ -55,7 +55,7 @@ class MultiTaskData:
         when train.target_loss=labels)."""
         tasks = common.resolve_tasks(specs, data, "tasks")  # registry names or task files
         train = [common.train_examples(t, data, train_cfg.seed) for t in tasks]
-        dev = [common.eval_examples(t, "dev", data) for t in tasks]
+        dev = [common.dev_examples(t, data, train_cfg.seed, tr) for t, tr in zip(tasks, train)]
         rows = train_cfg.target_loss == TargetLoss.labels
         feats = LazyFeatures([i for k, (t, ex) in enumerate(zip(tasks, train))
                               for i in common.feature_items(t, ex, k, rows)], encoder)
