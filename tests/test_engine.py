@@ -39,7 +39,8 @@ def _fit(model_dir, tmp_path, gradient_checkpointing=False, **train):
     trainer = Trainer(accelerator=Accelerator(cpu=True), module=prompt, param_groups=[{"params": list(prompt.parameters())}],
                       cfg=cfg, plan=ShuffledBatches(len(feats), cfg.batch_size, cfg.seed),
                       make_batch=lambda idx: collate([feats[i] for i in idx], bb.kind, bb.pad_id),
-                      loss_fn=lambda b: (nll(bb(trainer.module(), b)), {}), evaluate=None, out_dir=tmp_path)
+                      loss_fn=lambda b: (nll(bb(trainer.module(), b)), {}), evaluate=None, out_dir=tmp_path,
+                      backbone=bb)
     res = trainer.fit()
     assert _digest(bb.model) == before, "the frozen backbone changed"
     return res.best_tensors["weight"], prompt

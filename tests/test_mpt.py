@@ -171,3 +171,61 @@ def test_teachers_are_needed_only_to_distil_or_to_start_from(tmp_path, tiny_llam
         _distill_cfg(tmp_path, tiny_llama_dir, None, shared_init="random")  # λ = 1 distils from them
     with pytest.raises(ValueError, match="not a valid SharedInit"):
         _distill_cfg(tmp_path, tiny_llama_dir, None, weight=0.0, shared_init="zeros")
+
+
+# -- the target's start: adapt.init ------------------------------------------------------------------
+
+
+def test_adapt_init_values_start_at_their_formula(tmp_path, tiny_llama_dir):
+    """shared: P*; shared_times_mean_task: P* ∘ mean_k(u_k v_k); peft_average: P* ∘ (mean u)(mean v)
+    (PEFT AVERAGE_SOURCE_TASKS); source:<task>: P* ∘ u_s v_s (PEFT EXACT_SOURCE_TASK)."""
+    from mptune.prompts.io import save_module
+    from mptune.recipes.adapt import AdaptConfig, initial_prompt
+
+    bb = load_backbone(ModelConfig(name=str(tiny_llama_dir)))
+    g = torch.Generator().manual_seed(0)
+    K, l, r, d = 3, 6, 2, bb.hidden_size
+    src = DecomposedPrompt(torch.randn(l, d, generator=g), ["mnli", "qnli", "sst2"], r,
+                           torch.randn(K, l, r, generator=g), torch.randn(K, r, d, generator=g))
+    save_module(tmp_path / "source" / "prompt.safetensors", src, bb.name)
+    P, u, v = src.shared.detach(), src.task_u.detach(), src.task_v.detach()
+    want = {"shared": P, "shared_times_mean_task": P * (u @ v).mean(0), "peft_average": P * (u.mean(0) @ v.mean(0)),
+            "source:qnli": P * (u[1] @ v[1])}
+    assert not torch.allclose(want["shared_times_mean_task"], want["peft_average"])  # mean of products ≠ product of means
+    for init, start in want.items():
+        cfg = AdaptConfig(tasks=["rte", "cb"], output_dir=str(tmp_path / "out"), source=str(tmp_path / "source"),
+                          model=ModelConfig(name=bb.name), init=init)
+        p = initial_prompt(cfg, bb, ["rte", "cb"])
+        for k in range(2):  # every target task of MPT* starts the same
+            torch.testing.assert_close(p()[k].detach(), start, atol=1e-5, rtol=1e-5)
+        keeps_source_uv = init in ("peft_average", "source:qnli")  # PEFT: P* stays P*, u, v come from the source
+        assert torch.equal(p.shared.detach(), P) == (init != "shared_times_mean_task")
+        assert bool((p.task_u == 1).all()) != keeps_source_uv and p.rank == r
+
+
+def test_adapt_init_names_a_source_task(tmp_path, tiny_llama_dir):
+    from mptune.config import ConfigError
+    from mptune.prompts.io import save_module
+    from mptune.recipes.adapt import AdaptConfig, initial_prompt
+    from mptune.recipes.pipeline import AdaptOptions
+
+    bb = load_backbone(ModelConfig(name=str(tiny_llama_dir)))
+    save_module(tmp_path / "source" / "prompt.safetensors",
+                DecomposedPrompt(torch.randn(4, bb.hidden_size), ["mnli", "qnli"]), bb.name)
+    cfg = AdaptConfig(tasks=["rte"], output_dir=str(tmp_path / "out"), source=str(tmp_path / "source"),
+                      model=ModelConfig(name=bb.name), init="source:rte")
+    with pytest.raises(ConfigError, match=r"init: 'source:rte' names no source task; the source tasks are "
+                                          r"source:mnli, source:qnli"):
+        initial_prompt(cfg, bb, ["rte"])
+    with pytest.raises(ConfigError, match="adapt.init: must be one of shared, shared_times_mean_task, peft_average"):
+        AdaptOptions(init="average")
+    with pytest.raises(ConfigError, match="init: peft_average needs a source folder"):
+        AdaptConfig(tasks=["rte"], output_dir="o", model=ModelConfig(name=bb.name), init="peft_average")
+    from mptune.plan import Layout
+    from mptune.recipes.pipeline import PipelineConfig
+
+    run = PipelineConfig(model=ModelConfig(name="x"), sources=["rte", "stsb"], targets=["cb"], output_dir="o",
+                         adapt=AdaptOptions(init="source:cola"))
+    with pytest.raises(ConfigError, match="adapt.init: 'source:cola' names no source task; the source tasks are "
+                                          "source:rte, source:stsb"):
+        Layout(run, check_data=False)  # before any stage runs

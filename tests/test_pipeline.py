@@ -61,7 +61,7 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, data_dir,
 def test_ablations_and_few_shot(tmp_path, tiny_llama_dir, data_dir):
     f = _pipeline(tmp_path, tiny_llama_dir, data_dir, targets=["rte"], methods=["spot", "mpt_no_distill", "mpt_no_decomp"],
                   spot_source="stsb",
-                  seeds=[1, 2], few_shot_k=[2], full_data=False)
+                  seeds=[1, 2], few_shot_k=[2], full_data=False, few_shot_draws=1)
     assert main(["run", str(f)]) == 0
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -75,14 +75,16 @@ def test_ablations_and_few_shot(tmp_path, tiny_llama_dir, data_dir):
 
     t, _ = load_prompt(run / "source/no_decomp")
     assert (t["task_u"] == 1).all() and (t["task_v"] == 1).all()  # u, v never trained
-    spot = yaml.safe_load((run / "targets/k2/spot/seed-1/rte/config.yaml").read_text())
-    assert spot["prompt"]["init"] == "prompts" and spot["prompt"]["init_from"] == [str(run / "teachers/stsb")]
+    spot = yaml.safe_load((run / "targets/k2/spot/seed-1/draw-0/rte/config.yaml").read_text())
+    assert spot["prompt"]["init"] == "best_prompt" and spot["prompt"]["init_from"] == [str(run / "teachers/stsb")]
+    choice = json.loads((run / "targets/k2/spot/seed-1/draw-0/rte/spot_choice.json").read_text())
+    assert choice["pick"] == str(run / "teachers/stsb")  # spot_source: a forced pick
     # few-shot: every target run trained on k = 2 examples per class
     from mptune.tasks import get_task
 
     for method in ("spot", "mpt_no_distill", "mpt_no_decomp"):
         for seed in (1, 2):
-            m = json.loads((run / f"targets/k2/{method}/seed-{seed}/rte/metrics.json").read_text())
+            m = json.loads((run / f"targets/k2/{method}/seed-{seed}/draw-0/rte/metrics.json").read_text())
             entry = m["tasks"]["rte"]
             assert entry["train_per_class"] == {w: 2 for w in get_task("rte").label_words}
             assert entry["train_examples"] == 4 and entry["n_test"] == 8

@@ -34,13 +34,19 @@ def test_paper_presets_set_the_sourced_values():
     for path in PRESETS:
         cfg = parse(PipelineConfig, load_yaml(path), source=str(path))
         assert cfg.model.name == "google-t5/t5-base" and cfg.prompt.init == "vocab"
+        assert cfg.model.dropout == "keep"  # ATTEMPT trains T5 with its dropout on
         assert cfg.prompt.init_vocab_size == 5000 and cfg.data.max_source_length == 256
+        assert cfg.data.format == "attempt"  # ATTEMPT's tasks.py strings and labels "0"/"1"/...
         for section in TRAIN_SECTIONS:
             t = getattr(cfg, section)
             assert (t.lr, t.batch_size, t.warmup_steps, t.weight_decay, t.max_grad_norm) == (0.3, 32, 500, 1e-5, 1.0)
             assert t.token_reduction == "sum"
         d = cfg.distill
         assert (d.shared_init, d.hidden_reduction, d.teacher_topk, d.teacher_cache) == ("random", "sum", 0, False)
+        assert (cfg.eval.mode, cfg.eval.match) == ("generate", "exact")  # ATTEMPT: generate, strip, compare
+        # true few-shot (k per class in the selection dev too, 3 draws) and SPoT both ways
+        assert (cfg.data.few_shot_dev, cfg.few_shot_draws) == ("k", 3)
+        assert {"pt", "spot", "spot_avg", "mpt"} <= set(cfg.methods)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -82,12 +88,30 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_t5(path, tmp_path, tiny_t5_dir, 
     assert source["train"]["token_reduction"] == "sum" and not (run / "source/mpt/teacher_cache").exists()
     log = [json.loads(x) for x in (run / "source/mpt/log.jsonl").read_text().splitlines() if '"loss"' in x]
     assert log and all("kl" in r and "hidden" in r and "kl_topk_gap" not in r for r in log)
-    for stage in ("teachers/rte", "targets/full/pt/seed-42/stsb", "targets/full/mpt/seed-42/rte"):
-        assert yaml.safe_load((run / stage / "config.yaml").read_text())["train"]["token_reduction"] == "sum"
+    for stage in ("teachers/rte", "source/mpt", "targets/full/pt/seed-42/stsb", "targets/full/mpt/seed-42/rte"):
+        stage_cfg = yaml.safe_load((run / stage / "config.yaml").read_text())
+        assert stage_cfg["train"]["token_reduction"] == "sum" and stage_cfg["model"]["dropout"] == "keep"
+    # ATTEMPT's text: every stage records the format; labels are class indices, STS-B rounded to 0.1
+    for stage, task in (("teachers/rte", "rte"), ("source/mpt", "stsb"), ("targets/full/pt/seed-42/stsb", "stsb")):
+        assert json.loads((run / stage / "tasks/formats.json").read_text())[task] == "attempt"
+    rte = [json.loads(x) for x in (run / "teachers/rte/predictions_rte_test.jsonl").read_text().splitlines()]
+    assert rte and {r["target"] for r in rte} <= {"0", "1"}
     spot = yaml.safe_load((run / "targets/full/spot/seed-42/rte/config.yaml").read_text())
-    assert spot["prompt"]["init"] == "prompts"  # SPoT starts from the teachers; MPT's P* did not (random)
+    assert spot["prompt"]["init"] == "best_prompt"  # SPoT starts from a teacher; MPT's P* did not (random)
+    assert (run / "targets/full/spot/seed-42/rte/spot_choice.json").is_file()
+    # every stage evaluates as ATTEMPT (generate, exact match) and reports its invalid predictions
+    stages = ("teachers/rte", "source/mpt", "targets/full/spot/seed-42/rte", "targets/full/mpt_multi/seed-42/rte+stsb")
+    for stage in stages:
+        assert yaml.safe_load((run / stage / "config.yaml").read_text())["eval"] == load_yaml(path)["eval"]
+        for entry in json.loads((run / stage / "metrics.json").read_text())["tasks"].values():
+            assert all(0 <= entry[s]["invalid_rate"] <= 100 for s in ("dev", "test"))
     summary = json.loads((run / "summary.json").read_text())
-    assert set(summary["settings"]["full"]) == {"pt", "spot", "mpt", "mpt_multi"}
+    assert set(summary["settings"]["full"]) == {"pt", "spot", "spot_avg", "mpt", "mpt_multi"}
+    pt = summary["settings"]["full"]["pt"]["tasks"]["rte"]
+    pt_test = json.loads((run / "targets/full/pt/seed-42/rte/metrics.json").read_text())["tasks"]["rte"]["test"]
+    assert pt["invalid_rate"] == pt_test["invalid_rate"]
+    assert "[% invalid predictions]" in summary["markdown"]
+    assert f"{pt['mean']:.1f} [{pt['invalid_rate']:.1f}]" in summary["markdown"]
 
 
 def test_prompt_tune_config_parses():
@@ -100,8 +124,26 @@ def test_quality_benchmark_config_parses():
     path = CONFIGS.parent / "benchmarks" / "quality_cpu" / "pipeline.yaml"
     cfg = parse(PipelineConfig, load_yaml(path), source=str(path))
     assert cfg.teacher_train.max_steps == 192 and cfg.target_train.max_steps == 16
-    assert set(cfg.methods) == {"pt", "spot", "mpt", "mpt_no_distill", "mpt_no_decomp"}
+    assert set(cfg.methods) == {"pt", "spot_avg", "mpt", "mpt_no_distill", "mpt_no_decomp"}
+    assert (cfg.few_shot_draws, cfg.data.few_shot_dev) == (1, "full")  # the committed results' protocol
     from mptune.tasks import get_task
 
     for t in cfg.sources + cfg.targets:
         get_task(t)
+
+
+def test_gpu_paper_preset_reduction_keeps_the_preset():
+    """benchmarks/gpu/paper_preset.py's overrides are valid and change only budgets, targets and limits."""
+    import importlib.util
+
+    path = CONFIGS.parent / "benchmarks" / "gpu" / "paper_preset.py"
+    spec = importlib.util.spec_from_file_location("paper_preset", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = parse(PipelineConfig, load_yaml(mod.PRESET), [f"{k}={v}" for k, v in mod.REDUCED.items()])
+    assert cfg.targets == ["rte", "mrpc", "stsb", "cola"] and cfg.source_train.max_steps == 5000
+    touched = {k.split(".")[0] for k in mod.REDUCED}
+    assert touched <= {"targets", "output_dir", "teacher_train", "source_train", "target_train", "data"}
+    assert {k for k in mod.REDUCED if k.startswith(("teacher_train", "source_train", "target_train", "data"))} == {
+        "teacher_train.max_steps", "source_train.max_steps", "target_train.max_steps", "data.eval_limit"}
+    assert cfg.distill.shared_init == "random" and cfg.prompt.length == 100  # the rest is the preset's

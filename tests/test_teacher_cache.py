@@ -130,7 +130,7 @@ def test_topk_kl_is_the_bucket_kl_and_close_to_the_full_kl_when_peaked(tmp_path,
         torch.testing.assert_close(got, full, rtol=2e-2, atol=1e-4)
 
 
-def _distill_run(tmp_path, model_dir, name, steps=6, log_every=1, **distill_kw):
+def _distill_run(tmp_path, model_dir, name, steps=6, log_every=1, dropout="off", **distill_kw):
     """A small distill stage on synthetic rte + stsb with two random teachers; its loss log rows."""
     from mptune.config import DataConfig, PromptConfig, TrainConfig
     from mptune.prompts.io import PromptMeta, save_prompt
@@ -147,7 +147,7 @@ def _distill_run(tmp_path, model_dir, name, steps=6, log_every=1, **distill_kw):
                         PromptMeta(kind="soft", backbone=str(model_dir), length=4, dim=bb.hidden_size, tasks=[task]))
     out = tmp_path / name
     cfg = distill.DistillConfig(
-        model=ModelConfig(name=str(model_dir)), tasks=["rte", "stsb"], output_dir=str(out),
+        model=ModelConfig(name=str(model_dir), dropout=dropout), tasks=["rte", "stsb"], output_dir=str(out),
         teachers_dir=str(teachers), prompt=PromptConfig(length=4),
         distill=distill.DistillLossConfig(temperature=2.0, **distill_kw),
         data=DataConfig(data_dir=str(data_dir), max_source_length=24, max_target_length=6, train_limit=8),
@@ -169,6 +169,19 @@ def test_distill_stage_same_run_with_and_without_cache(tmp_path, tiny_llama_dir)
         assert "kl_topk_gap" not in a  # a full cache: the KL is exact, no gap to measure
     meta = json.loads((tmp_path / "out-True" / "teacher_cache" / "meta.json").read_text())
     assert meta["n"] == 16 and meta["full"]  # 8 + 8 examples, 400-token vocabulary stored whole
+
+
+def test_cache_and_live_teacher_give_the_same_loss_under_dropout_keep(tmp_path, tiny_t5_dir):
+    """model.dropout=keep (tiny T5, dropout 0.1): the student draws dropout, the teacher (live, or filling the
+    cache) runs in eval mode, so cached and live teachers give the same losses step by step."""
+    logs = {}
+    for name, kw in {"cache": dict(teacher_cache=True), "live": dict(teacher_cache=False),
+                     "off": dict(teacher_cache=False, dropout="off")}.items():
+        _, logs[name] = _distill_run(tmp_path, tiny_t5_dir, name, steps=3, teacher_topk=0, **{"dropout": "keep", **kw})
+    for a, b in zip(logs["cache"], logs["live"], strict=True):
+        for key in ("loss", "plm", "kl", "hidden"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6)
+    assert logs["cache"][0]["plm"] != pytest.approx(logs["off"][0]["plm"], rel=1e-4)  # the student's dropout acted
 
 
 def test_topk_cache_logs_its_kl_gap_to_the_full_kl(tmp_path, tiny_llama_dir):

@@ -60,6 +60,17 @@ def _mean_std(vals: list[float]) -> dict:
     return {"mean": statistics.fmean(vals) if vals else None, "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0}
 
 
+def _seed_record(draws: dict) -> dict:
+    """A seed's numbers: its one run's, or (several few-shot draws) the means over its draws and each draw's."""
+    recs = {str(d): {"test": r.entry["test"]["score"], "dev": r.entry["dev"].get("score"), "best_step": r.best_step,
+                     "metrics": r.entry["test"]} for d, r in draws.items()}
+    if len(recs) == 1:
+        return next(iter(recs.values()))
+    dev = [x["dev"] for x in recs.values() if x["dev"] is not None]
+    return {"test": statistics.fmean(x["test"] for x in recs.values()), "dev": statistics.fmean(dev) if dev else None,
+            "draws": recs}
+
+
 def collect(cfg, planned: list, fewshot_methods: list[str], controls: list[str] = ()) -> dict:
     """Test scores per (setting, method, task, seed); averages over all targets and over the targets
     that are not controls (tasks the sources are not expected to help, e.g. CoLA for sentiment sources)."""
@@ -80,10 +91,9 @@ def collect(cfg, planned: list, fewshot_methods: list[str], controls: list[str] 
             main_targets = [t for t in targets if t not in controls]
             for task in targets:
                 by_seed = runs.get(setting, {}).get(method, {}).get(task, {})
-                seeds = {str(seed): {"test": r.entry["test"]["score"], "dev": r.entry["dev"].get("score"),
-                                     "best_step": r.best_step, "metrics": r.entry["test"]}
-                         for seed, r in sorted(by_seed.items(), key=lambda x: cfg.seeds.index(x[0]))}
-                metric = task_metric(next(iter(by_seed.values()))) if by_seed else None
+                seeds = {str(seed): _seed_record(draws)
+                         for seed, draws in sorted(by_seed.items(), key=lambda x: cfg.seeds.index(x[0]))}
+                metric = task_metric(next(iter(next(iter(by_seed.values())).values()))) if by_seed else None
                 tasks[task] = {"metric": metric, **_mean_std([s["test"] for s in seeds.values()]), "seeds": seeds}
             per_seed_avg = per_seed_average(tasks, targets)
             per_seed_main = per_seed_average(tasks, main_targets, require=targets)
@@ -126,7 +136,9 @@ def markdown(res: dict) -> str:
     controls = res.get("controls") or []
     for setting, methods in res["results"]["settings"].items():
         what = "full training data" if setting == "full" else f"few-shot, {setting} per class"
-        lines += [f"## {what} (test score, mean ± std over seeds)", "",
+        draws = base.get("few_shot_draws", 1)  # a config without it ran before draws: one per seed
+        over = "seeds" if setting == "full" or draws == 1 else f"seeds, each the mean of {draws} draws"
+        lines += [f"## {what} (test score, mean ± std over {over})", "",
                   "| method | " + " | ".join(f"{t} ({methods[next(iter(methods))]['tasks'][t]['metric']})"
                                             for t in base["targets"]) + " | average |"
                   + "".join(f" average w/o {c} |" for c in [", ".join(controls)] if controls),

@@ -21,10 +21,21 @@ take the plain path: the encoder is bidirectional, so the prompt's states depend
 
 All prompt arguments are a table ``prompts [T, l, d]`` plus ``task_index [B]``:
 each row gathers its own task's prompt, so a batch that mixes tasks is one pass.
+
+Dropout (``model.dropout``): ``off`` keeps the HF model in eval mode in every pass;
+``keep`` puts it in train mode while a prompt trains (``Backbone.train()``, which the
+Trainer calls), so the model's own dropout acts on the trained prompt's passes, as
+ATTEMPT's HF Trainer trains T5. Every pass that must be deterministic runs inside
+:meth:`Backbone.frozen_eval` (eval mode): score_choices, generate and prefix (so all
+evaluation, serving and the fast-path probe) and the distillation teachers. Under
+``keep`` training passes take the plain path: the fast path would run the prompt once
+per task, so every row of a task would share one dropout mask on the prompt's positions
+instead of drawing its own (its gradients would still be exact for the masks drawn).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +45,11 @@ import torch
 import torch.nn as nn
 
 from . import fastpath
-from .config import ModelConfig
+from .config import Dropout, ModelConfig
 from .errors import MissingFileError
 from .fastpath import PrefixKV
 from .kinds import IGNORE, ModelKind, position_ids, sequence_logprob, spec_for  # noqa: F401 (re-exported)
+from .kinds import CHOICE, label_rows
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +64,25 @@ class TargetOutput:
     hidden: [B, T, d] final-layer hidden states at those positions (decoder for T5), or None;
     source_hidden: [B, S, d] final-layer states at the text positions after the prompt
     (encoder for T5, the LM for causal models; pads per batch["attention_mask"]), or None.
+    label_scores: the batch's label rows scored (train.target_loss=labels), or None.
     """
 
     logits: torch.Tensor
     labels: torch.Tensor
     hidden: Optional[torch.Tensor] = None
     source_hidden: Optional[torch.Tensor] = None
+    label_scores: Optional["LabelScores"] = None
+
+
+@dataclass
+class LabelScores:
+    """Every (example, label string) row of a batch (kinds.py's label rows): logprob [N] the label's summed
+    target log-prob (EOS included, as rank evaluation scores it), example [N] its example, gold [N] 1 on
+    the gold label's row."""
+
+    logprob: torch.Tensor
+    example: torch.Tensor
+    gold: torch.Tensor
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -96,7 +121,7 @@ def load_backbone(cfg: ModelConfig) -> "Backbone":
     model = cls.from_pretrained(name, **mkw)
     tokenizer = AutoTokenizer.from_pretrained(name, **kw)
     return Backbone(model, tokenizer, name=cfg.name, gradient_checkpointing=cfg.gradient_checkpointing,
-                    fast_prefix=cfg.fast_prefix)
+                    fast_prefix=cfg.fast_prefix, dropout=cfg.dropout)
 
 
 
@@ -104,8 +129,9 @@ class Backbone(nn.Module):
     """A frozen HF model plus its tokenizer; forward passes take a prompt table."""
 
     def __init__(self, model: nn.Module, tokenizer, name: str = "", gradient_checkpointing: bool = False,
-                 fast_prefix: bool = True):
+                 fast_prefix: bool = True, dropout: Dropout | str = Dropout.off):
         super().__init__()
+        self.keep_dropout = Dropout(dropout) == Dropout.keep
         self.fast_prefix = fast_prefix
         self._fast_ok: Optional[bool] = None  # decided by a probe on first use
         self._tree_ok = False  # rank classification's one-row layout: decided by the same probe
@@ -119,19 +145,30 @@ class Backbone(nn.Module):
         self.model.requires_grad_(False)
         self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
-            # HF only checkpoints in training mode; zero every dropout so the frozen
-            # backbone stays deterministic while in that mode.
-            for m in self.model.modules():
-                if isinstance(m, nn.Dropout):
-                    m.p = 0.0
+            # HF only checkpoints in training mode; under dropout=off zero every dropout so the frozen
+            # backbone stays deterministic in that mode. Under keep the recompute in backward sees the
+            # forward's masks (torch's checkpoint restores the RNG state).
+            if not self.keep_dropout:
+                _zero_dropout(self.model)
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.train(False)
 
     def train(self, mode: bool = True) -> "Backbone":
-        # The backbone is frozen: eval mode (no dropout) unless checkpointing needs train mode.
+        # The backbone is frozen: eval mode unless its dropout is kept or checkpointing needs train mode.
         super().train(mode)
-        self.model.train(mode and self.gradient_checkpointing)
+        self.model.train(mode and (self.keep_dropout or self.gradient_checkpointing))
         return self
+
+    @contextlib.contextmanager
+    def frozen_eval(self):
+        """Eval mode for passes that must be deterministic (teachers, evaluation, generation), whatever
+        model.dropout and the current mode; the mode before is restored on exit."""
+        was = self.model.training
+        self.model.train(False)
+        try:
+            yield
+        finally:
+            self.model.train(was)
 
     # -- basics -----------------------------------------------------------
     @property
@@ -167,13 +204,24 @@ class Backbone(nn.Module):
         return emb, mask
 
     # -- teacher-forced forward --------------------------------------------
-    def forward(self, prompts: torch.Tensor, batch: dict, hidden: bool = False) -> TargetOutput:
-        """Teacher-forced pass; returns target-aligned logits (and hidden states if asked)."""
-        # (every row its own task, e.g. batch size 1: nothing to share, one pass is cheaper than two)
-        if (self._use_fast(batch["attention_mask"], batch["labels"])
+    def forward(self, prompts: torch.Tensor, batch: dict, hidden: bool = False,
+                with_labels: bool = True) -> TargetOutput:
+        """Teacher-forced pass; returns target-aligned logits (and hidden states if asked), and, when the
+        batch carries label rows and `with_labels`, their scores (a second pass over those rows)."""
+        # (every row its own task, e.g. batch size 1: nothing to share, one pass is cheaper than two;
+        # dropout kept and active: each row draws its own masks, see the module docstring)
+        dropout_on = self.keep_dropout and self.model.training
+        if (not dropout_on and self._use_fast(batch["attention_mask"], batch["labels"])
                 and torch.unique(batch["task_index"]).numel() < batch["task_index"].numel()):
-            return self._forward_fast(prompts, batch, hidden)
-        return self._forward_plain(prompts, batch, hidden)
+            out = self._forward_fast(prompts, batch, hidden)
+        else:
+            out = self._forward_plain(prompts, batch, hidden)
+        rows = label_rows(batch) if with_labels else None
+        if rows is not None:
+            r = self.forward(prompts, rows)
+            out.label_scores = LabelScores(sequence_logprob(r.logits, r.labels), batch[CHOICE + "example"],
+                                           batch[CHOICE + "gold"])
+        return out
 
     def _forward_plain(self, prompts: torch.Tensor, batch: dict, hidden: bool = False) -> TargetOutput:
         emb, mask = self._with_prompt(prompts, batch["task_index"], batch["input_ids"], batch["attention_mask"])
@@ -203,7 +251,8 @@ class Backbone(nn.Module):
         """The prompt table [T, l, d] in the form that later score_choices / generate calls reuse:
         its keys/values (fastpath.PrefixKV, computed once here) on the fast path, else the table.
         Call under no_grad; the prompt must not change while the result is in use."""
-        return fastpath.prompt_kv(self, prompts) if self.uses_fast_prefix else prompts
+        with self.frozen_eval():
+            return fastpath.prompt_kv(self, prompts) if self.uses_fast_prefix else prompts
 
     def _route(self, prompts: Prompts, batch: dict) -> tuple[Prompts, dict]:
         """(PrefixKV, batch indexing it) for the fast path, else (prompt table, batch)."""
@@ -221,6 +270,10 @@ class Backbone(nn.Module):
         batch (kinds.py's choices layout, both kinds): sources input_ids/attention_mask [B, S],
         task_index [B]; labels [N, T] (one row per choice), row_example [N] (its example).
         """
+        with self.frozen_eval():
+            return self._score_choices(prompts, batch)
+
+    def _score_choices(self, prompts: Prompts, batch: dict) -> torch.Tensor:
         prompts, batch = self._route(prompts, batch)
         if isinstance(prompts, PrefixKV):
             return fastpath.score_choices(self, prompts, batch)
@@ -238,6 +291,10 @@ class Backbone(nn.Module):
     @torch.no_grad()
     def generate(self, prompts: Prompts, batch: dict, max_new_tokens: int) -> list[str]:
         """Greedy decoding; batch holds the sources only (kinds' source layout)."""
+        with self.frozen_eval():
+            return self._generate(prompts, batch, max_new_tokens)
+
+    def _generate(self, prompts: Prompts, batch: dict, max_new_tokens: int) -> list[str]:
         tok = self.tokenizer
         # the fast loop is plain greedy search: generation configs asking for more keep HF generate()
         prompts, batch = (self._route(prompts, batch) if fastpath.plain_greedy_config(self.model)
@@ -281,7 +338,8 @@ class Backbone(nn.Module):
 
     def _probe_fast_prefix(self) -> bool:
         """Check the fast path against the plain path on a tiny mixed-task, padded batch (in the
-        mode training will use); False (and a warning) where the model does not support it."""
+        mode training will use: with grad and checkpointing if on; eval mode under dropout=keep, whose
+        training passes take the plain path); False (and a warning) where the model does not support it."""
         why = fastpath.cache_problem(self.model)
         if why is None:
             g = torch.Generator().manual_seed(0)
@@ -293,9 +351,10 @@ class Backbone(nn.Module):
             batch = {"input_ids": ids, "attention_mask": mask, "labels": ids[:, -2:].clone(),
                      "task_index": torch.tensor([0, 1, 1], device=self.device)}
             was = self.model.training
-            grad = self.gradient_checkpointing  # checkpointing (which may drop caches) acts only with grad, in train mode
+            # checkpointing (which may drop caches) acts only with grad, in train mode (dropout zeroed: off)
+            grad = self.gradient_checkpointing and not self.keep_dropout
             try:
-                self.model.train(was or grad)
+                self.model.train(grad)
                 with torch.set_grad_enabled(grad):
                     p = prompts.requires_grad_(grad)
                     want = self._forward_plain(p, batch).logits.float()
@@ -334,6 +393,17 @@ class Backbone(nn.Module):
         if not ok:
             log.info("rank classification on %s takes two passes (it does not take a 4D attention mask)", self.name)
         return ok
+
+
+def _zero_dropout(model: nn.Module) -> None:
+    """Every dropout of the model at rate 0: nn.Dropout modules and the attention-probability rates that
+    attention modules keep as a float attribute (T5: `dropout`; Llama, Qwen, Gemma: `attention_dropout`)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        for k, v in list(vars(m).items()):
+            if "dropout" in k and isinstance(v, float):
+                setattr(m, k, 0.0)
 
 
 def _table(prompts: Prompts) -> torch.Tensor:

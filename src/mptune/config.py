@@ -34,6 +34,14 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def _as_enum(cls: type[Enum], value: Any, key: str) -> Any:
+    """`value` as a member of `cls`, else ConfigError naming `key` and the choices."""
+    try:
+        return cls(value)
+    except ValueError:
+        raise ConfigError(f"{key}: must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
+
+
 class PromptInit(str, Enum):
     """How a soft prompt's vectors start."""
 
@@ -42,6 +50,37 @@ class PromptInit(str, Enum):
     text = "text"  # embeddings of `init_text`, repeated to length l
     random = "random"  # normal noise with the embedding table's std
     prompts = "prompts"  # average of saved soft prompts (SPoT-style transfer)
+    best_prompt = "best_prompt"  # the one saved prompt scoring best on the dev set at step 0 (SPoT; prompt-tune)
+
+
+class FewShotDev(str, Enum):
+    """The dev set a few-shot run selects its best step on."""
+
+    k = "k"  # k per class of the dev split (k in total otherwise), drawn as the training examples are
+    full = "full"  # the whole dev split (at most data.eval_limit), as for full data
+    none = "none"  # no selection: the last step's prompt is kept
+
+
+class TextFormat(str, Enum):
+    """How every task's rows become text: templates and label strings (a task's ``formats``)."""
+
+    t5 = "t5"  # T5's text-to-text formats with word labels (each task record's own template)
+    attempt = "attempt"  # ATTEMPT's tasks.py: task-name prefixes, labels "0"/"1"/"2" (docs/fidelity.md)
+    natural = "natural"  # plain instructions for decoder-only instruct models ("sentence: ...\nsentiment:")
+
+
+class TargetLoss(str, Enum):
+    """What L_PLM is the likelihood of."""
+
+    vocab = "vocab"  # the target tokens, softmax over the whole vocabulary
+    labels = "labels"  # the gold label among the label strings (classification tasks; others keep vocab)
+
+
+class Dropout(str, Enum):
+    """The frozen backbone's own dropout while a prompt trains."""
+
+    off = "off"  # eval mode in every pass: training is deterministic given the batch
+    keep = "keep"  # train mode in the trained prompt's passes (as ATTEMPT's HF Trainer trains T5: dropout 0.1)
 
 
 class Reduction(str, Enum):
@@ -49,6 +88,20 @@ class Reduction(str, Enum):
 
     mean = "mean"
     sum = "sum"
+
+
+class EvalMode(str, Enum):
+    """How a label (classification) task is predicted."""
+
+    rank = "rank"  # score every label (sum of its token log-probs), predict the best: never invalid
+    generate = "generate"  # greedy decoding, then string matching against the labels (ATTEMPT)
+
+
+class Match(str, Enum):
+    """How a generated string is matched against the label strings."""
+
+    exact = "exact"  # equal after stripping surrounding space (ATTEMPT); anything else is invalid
+    lenient = "lenient"  # exact, else equal ignoring case
 
 
 @dataclass
@@ -70,9 +123,14 @@ class ModelConfig:
     shared prefix (same results as the plain path, much cheaper); false = the plain path (debugging)."""
     trust_remote_code: bool = False
     """Allow model code from the Hub (off by default)."""
+    dropout: Dropout = Dropout.off
+    """The backbone's own dropout while a prompt trains: off (eval mode in every pass) or keep (the trained
+    prompt's passes in train mode, as ATTEMPT trains T5). Teachers, evaluation and generation always run in
+    eval mode (Backbone.frozen_eval)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", "must not be empty (Hub id, folder or .gguf file)")
+        self.dropout = _as_enum(Dropout, self.dropout, "model.dropout")
 
 
 @dataclass
@@ -88,7 +146,8 @@ class PromptConfig:
     init_vocab_size: int = 5000
     """Sample init tokens from the first this-many vocabulary ids (init=vocab)."""
     init_from: list[str] = field(default_factory=list)
-    """Prompt folders/files whose soft prompts are averaged to start from (init=prompts; SPoT-style)."""
+    """Prompt folders/files to start from: their average (init=prompts), or the one that scores best on the dev
+    set before training (init=best_prompt; prompt-tune writes every score and its pick to spot_choice.json)."""
 
     def __post_init__(self) -> None:
         self.init = PromptInit(self.init)
@@ -96,8 +155,8 @@ class PromptConfig:
         _check(self.init_vocab_size >= 1, "prompt.init_vocab_size", "must be >= 1")
         if self.init == PromptInit.text:
             _check(bool(self.init_text), "prompt.init_text", "is required when prompt.init=text")
-        if self.init == PromptInit.prompts:
-            _check(bool(self.init_from), "prompt.init_from", "needs at least one prompt when prompt.init=prompts")
+        if self.init in (PromptInit.prompts, PromptInit.best_prompt):
+            _check(bool(self.init_from), "prompt.init_from", f"needs a prompt when prompt.init={self.init.value}")
 
 
 @dataclass
@@ -114,13 +173,26 @@ class DataConfig:
     train_limit: Optional[int] = None
     """Use at most this many training examples (after shuffling with data.seed)."""
     few_shot_k: Optional[int] = None
-    """Few-shot: k training examples per class (k in total for non-classification tasks), sampled with train.seed."""
+    """Few-shot: k training examples per class (k in total for non-classification tasks), sampled with the
+    draw's seed (see few_shot_draw)."""
+    few_shot_dev: FewShotDev = FewShotDev.k
+    """Few-shot: the dev set the best step is selected on: k (k per class of the dev split, none of them among
+    the training examples, drawn with the draw's seed), full (the whole dev split), or none (the last step)."""
+    few_shot_draw: int = 0
+    """Few-shot: which draw of k examples; draw 0 is sampled with train.seed, draw i > 0 with a seed derived
+    from (train.seed, i); the training seed stays train.seed (the pipeline sets it per run)."""
     eval_limit: Optional[int] = None
     """Use at most this many dev and test examples (a seeded subset; None = all)."""
     seed: int = 42
     """Seed of the paper splits (42 reproduces the ATTEMPT/MPT dev/test cuts); keep it fixed across runs."""
+    format: TextFormat = TextFormat.t5
+    """Text format of every task: t5 (T5's templates, word labels), attempt (ATTEMPT's tasks.py: task-name
+    prefixes, labels "0"/"1"/...) or natural (instructions for decoder-only models). A task without the chosen
+    format keeps t5 (logged once). A stage folder records the format its tasks used (tasks/formats.json);
+    evaluate / predict / serve read that prompt with it."""
 
     def __post_init__(self) -> None:
+        self.format = TextFormat(self.format)
         _check(self.max_source_length >= 1, "data.max_source_length", "must be >= 1")
         _check(self.max_target_length >= 1, "data.max_target_length", "must be >= 1")
         if self.train_limit is not None:
@@ -129,6 +201,8 @@ class DataConfig:
             _check(self.few_shot_k >= 1, "data.few_shot_k", "must be >= 1")
         if self.eval_limit is not None:
             _check(self.eval_limit >= 1, "data.eval_limit", "must be >= 1")
+        self.few_shot_dev = _as_enum(FewShotDev, self.few_shot_dev, "data.few_shot_dev")
+        _check(self.few_shot_draw >= 0, "data.few_shot_draw", "must be >= 0")
 
     def resolved_data_dir(self) -> Optional[str]:
         from .assets import resolve_data_dir  # the one reader of $MPTUNE_DATA_DIR
@@ -174,6 +248,10 @@ class TrainConfig:
     """Each example's loss over its target tokens: mean or sum (L_PLM, and in distillation L_logits and
     L_hidden); the batch is then averaged over examples either way. Sum weighs long targets more and scales
     the loss (so clipping and λ act differently)."""
+    target_loss: TargetLoss = TargetLoss.vocab
+    """L_PLM: vocab (the target tokens' likelihood over the whole vocabulary) or labels (classification
+    tasks: cross-entropy of the gold label among the task's label strings, each scored by its summed token
+    log-prob as rank evaluation scores it; token_reduction does not apply). Other tasks keep vocab."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
@@ -193,6 +271,22 @@ class TrainConfig:
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         self.token_reduction = Reduction(self.token_reduction)
+        self.target_loss = TargetLoss(self.target_loss)
+
+
+@dataclass
+class EvalConfig:
+    """How label tasks are evaluated: dev selection and test of every stage, evaluate and predict."""
+
+    mode: EvalMode = EvalMode.rank
+    """rank: pick the label with the highest summed log-prob; generate: greedy decoding (up to the longest
+    label's tokens + EOS) compared with the label strings, as ATTEMPT evaluates. Other task kinds always generate."""
+    match: Match = Match.lenient
+    """Under generate: exact = equal after stripping space (ATTEMPT); lenient = exact, else ignoring case.
+    A prediction matching no label is wrong and counted in the metrics' invalid_rate."""
+
+    def __post_init__(self) -> None:
+        self.mode, self.match = EvalMode(self.mode), Match(self.match)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -1,8 +1,10 @@
 """Tokenisation, collation and resumable batch order.
 
 Feature = one tokenised example: source ids, target ids and the index of its
-task's prompt row. Tokenising and collating follow the backbone kind's spec
-(kinds.py: padding side, where the target goes).
+task's prompt row; with train.target_loss=labels also the ids of its label
+strings and the gold one's index (collated as extra "choice_*" rows, kinds.py).
+Tokenising and collating follow the backbone kind's spec (kinds.py: padding side,
+where the target goes).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class Feature:
     source: list[int]
     target: list[int]
     task_index: int = 0
+    choices: Optional[list[list[int]]] = None  # every label string's target ids (labels loss only)
+    label: Optional[int] = None  # the gold one among them
 
 
 class TextEncoder:
@@ -41,12 +45,14 @@ class TextEncoder:
         eos = self.tok.eos_token_id  # EOS ends the answer
         return ids[: self.max_target_length - 1] + [eos]
 
-    def feature(self, source: str, target: str, task_index: int = 0) -> Feature:
-        return Feature(self.source(source), self.target(target), task_index)
+    def feature(self, source: str, target: str, task_index: int = 0, choices: Optional[Sequence[str]] = None,
+                label: Optional[int] = None) -> Feature:
+        ids = [self.target(c) for c in choices] if choices is not None else None
+        return Feature(self.source(source), self.target(target), task_index, ids, label if ids else None)
 
 
 class LazyFeatures(Sequence[Feature]):
-    """The features of (example, task_index) pairs, each tokenised on first access and kept.
+    """The features of (example, task_index[, label strings]) items, each tokenised on first access and kept.
 
     A short run over a large train split (SST-2: 67k sentences, 16 steps x 8 used) tokenises
     only the rows its batches touch; iterating tokenises everything (e.g. the teacher cache's
@@ -65,8 +71,9 @@ class LazyFeatures(Sequence[Feature]):
             return [self[j] for j in range(*i.indices(len(self)))]
         f = self._done[i]
         if f is None:
-            ex, k = self._items[i]
-            f = self._done[i] = self._enc.feature(ex.source, ex.target, k)
+            ex, k, *choices = self._items[i]
+            choices = choices[0] if choices else None
+            f = self._done[i] = self._enc.feature(ex.source, ex.target, k, choices, ex.label if choices else None)
         return f
 
 

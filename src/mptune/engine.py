@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # Settings a checkpoint must agree on to be resumed exactly (others, e.g. eval_every, may change).
 RESUME_KEYS = ("batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "max_steps", "seed",
-               "max_grad_norm")
+               "max_grad_norm", "token_reduction", "target_loss")  # keys a checkpoint lacks are not compared
 
 
 @dataclass
@@ -83,7 +83,10 @@ class Trainer:
                  plan: BatchPlan, make_batch: Callable[[list[int]], dict],
                  loss_fn: Callable[[dict], tuple[torch.Tensor, dict]],
                  evaluate: Optional[Callable[[], Optional[float]]], out_dir: Path, resume: bool = True,
-                 desc: str = "train"):
+                 desc: str = "train", backbone: Optional[nn.Module] = None):
+        # backbone: the frozen model the loss runs, put in train mode for the steps like the prompt (what
+        # that means is its own business: Backbone.train keeps dropout or checkpointing as configured)
+        self.backbone = backbone
         self.acc, self.cfg, self.plan = accelerator, cfg, plan
         self.make_batch, self.loss_fn, self.evaluate = make_batch, loss_fn, evaluate
         self.out_dir, self.desc = Path(out_dir), desc
@@ -279,7 +282,7 @@ class Trainer:
             local = shard(self.plan.next(), rank, world)
             micro = [local[i::cfg.grad_accum] for i in range(cfg.grad_accum)]
             total, logs = torch.zeros((), device=acc.device), {}
-            self.module.train()
+            self._train_mode(True)
             for j, idx in enumerate(micro):
                 sync = contextlib.nullcontext() if j == len(micro) - 1 else acc.no_sync(self.module)
                 with sync, acc.autocast():
@@ -312,16 +315,22 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self._save()
         bar.close()
+        self._train_mode(False)
         if self.evaluate is None:  # nothing to select on: the last prompt is the result
             self.best_tensors, self.best_step = self._snapshot(), self.step
         return FitResult(self.best_tensors, self.best_score, self.best_step, self.history)
 
+    def _train_mode(self, on: bool) -> None:
+        for m in (self.module, self.backbone):
+            if m is not None:
+                m.train(on)
+
     def _eval_and_keep(self, post: dict) -> None:
         if self.history and self.history[-1]["step"] == self.step:
             return  # already evaluated at this step (resumed right after an eval)
-        self.module.eval()
+        self._train_mode(False)
         score = self.evaluate()
-        self.module.train()
+        self._train_mode(True)
         if score is None or math.isnan(score):
             return
         self.history.append({"step": self.step, "dev_score": score})

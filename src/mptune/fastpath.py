@@ -298,7 +298,7 @@ def _extend(bb: "Backbone", prefix: Layers, embeds: torch.Tensor, mask: torch.Te
 def _checkpointing_off(bb: "Backbone"):
     was = bb.model.training
     if was and bb.gradient_checkpointing:
-        bb.model.train(False)  # HF checkpoints only in training mode; dropout is zeroed anyway
+        bb.model.train(False)  # HF checkpoints only in train mode; dropout is zeroed then (keep: plain path)
     try:
         yield
     finally:

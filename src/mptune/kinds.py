@@ -11,6 +11,10 @@
 Rank classification has one layout for both kinds: the sources once per example
 (input_ids/attention_mask [B, S], padded like any source, task_index [B]) and one label row
 per (example, choice): labels [N, T] right-padded with IGNORE, row_example [N].
+
+The label-restricted loss (train.target_loss=labels) adds to a teacher-forcing batch one
+teacher-forcing row per (example, label string), under "choice_" keys (:func:`label_rows`),
+with choice_example [N] (the row's example) and choice_gold [N] (1 on the gold label's row).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
     from .data import Feature
 
 IGNORE = -100  # label id of positions without a target
+CHOICE = "choice_"  # key prefix of a teacher-forcing batch's label rows
 
 
 class ModelKind(str, Enum):
@@ -77,9 +82,18 @@ class KindSpec:
                 "task_index": torch.tensor(list(task_index), dtype=torch.long)}
 
     def collate(self, features: Sequence["Feature"], pad_id: int) -> dict[str, torch.Tensor]:
-        """Teacher-forcing batch: input_ids, attention_mask [B, S]; labels [B, T]; task_index [B]."""
-        return self._collate([f.source for f in features], [f.target for f in features],
-                             [f.task_index for f in features], pad_id)
+        """Teacher-forcing batch: input_ids, attention_mask [B, S]; labels [B, T]; task_index [B]; plus the
+        label rows of features that carry label strings (module docs)."""
+        batch = self._collate([f.source for f in features], [f.target for f in features],
+                              [f.task_index for f in features], pad_id)
+        rows = [(b, j, f) for b, f in enumerate(features) if f.choices for j in range(len(f.choices))]
+        if rows:
+            sub = self._collate([f.source for _, _, f in rows], [f.choices[j] for _, j, f in rows],
+                                [f.task_index for _, _, f in rows], pad_id)
+            batch.update({CHOICE + k: v for k, v in sub.items()})
+            batch[CHOICE + "example"] = torch.tensor([b for b, _, _ in rows], dtype=torch.long)
+            batch[CHOICE + "gold"] = torch.tensor([int(j == f.label) for _, j, f in rows], dtype=torch.long)
+        return batch
 
     def _collate(self, sources: Sequence[list[int]], targets: Sequence[list[int]], task_index: Sequence[int],
                  pad_id: int) -> dict[str, torch.Tensor]:
@@ -115,6 +129,13 @@ SPECS = {
     ModelKind.CAUSAL: KindSpec(ModelKind.CAUSAL, left_pad=True, target_in_row=True, target_prefix=" ",
                                source_tail=0, prompt_independent_of_input=True),
 }
+
+
+def label_rows(batch: dict) -> dict | None:
+    """The teacher-forcing batch of a batch's label rows (input_ids, attention_mask, labels, task_index
+    of every (example, label string) row), or None when it has none."""
+    keys = ("input_ids", "attention_mask", "labels", "task_index")
+    return {k: batch[CHOICE + k] for k in keys} if CHOICE + "labels" in batch else None
 
 
 def spec_for(kind: ModelKind | str) -> KindSpec:

@@ -8,6 +8,10 @@ tokens (train.token_reduction); HiddenMSE's `d_reduction` how the squared error
 reduces over the hidden size d (distill.hidden_reduction). Sums are the paper
 preset's (issue #18 quotes L_hidden = Σ (H_s − H_t)²; not checked against the
 paper's text, see docs/fidelity.md); means are the default.
+
+`target_loss` (vocab | labels) says what L_PLM is the likelihood of (train.target_loss):
+the target tokens over the whole vocabulary, or, for examples whose batch carries label
+rows (classification tasks), the gold label among the label strings (:func:`label_nll`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import IGNORE, TargetOutput
-from .config import Reduction
+from .backbone import IGNORE, LabelScores, TargetOutput
+from .config import Reduction, TargetLoss
 
 
 def _mask(labels: torch.Tensor) -> torch.Tensor:
@@ -32,20 +36,38 @@ def _per_example(x: torch.Tensor, mask: torch.Tensor, how: Reduction) -> torch.T
     return total if how == Reduction.sum else total / mask.sum(-1).clamp(min=1.0)
 
 
-class TokenNLL(nn.Module):
-    """L_PLM: negative log-likelihood of the target tokens, per example (their mean or sum).
+def label_nll(scores: LabelScores, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of the gold label among each example's label strings: -log softmax_c(s_c)[gold],
+    s_c = the label's summed token log-prob. Returns the loss [n] and which examples have label rows [n]
+    (the loss is 0 where they have none)."""
+    s, e, gold = scores.logprob.float(), scores.example, scores.gold.bool()
+    has = torch.zeros(n, dtype=torch.bool, device=s.device).index_fill(0, e, True)
+    m = s.new_full((n,), float("-inf")).scatter_reduce(0, e, s.detach(), "amax")  # per-example max, for stability
+    m = torch.where(has, m, torch.zeros_like(m))
+    z = s.new_zeros(n).index_add(0, e, (s - m[e]).exp())
+    lse = m + z.clamp(min=torch.finfo(s.dtype).tiny).log()  # logsumexp over each example's rows
+    return torch.where(has, lse - s.new_zeros(n).index_add(0, e[gold], s[gold]), torch.zeros_like(lse)), has
 
-    out.logits [B, T, V], out.labels [B, T] -> [B]
+
+class TokenNLL(nn.Module):
+    """L_PLM: negative log-likelihood of the target tokens, per example (their mean or sum); under
+    target_loss=labels, of the gold label among the label strings for examples with label rows.
+
+    out.logits [B, T, V], out.labels [B, T] (out.label_scores: N label rows) -> [B]
     """
 
-    def __init__(self, token_reduction: Reduction = Reduction.mean):
+    def __init__(self, token_reduction: Reduction = Reduction.mean, target_loss: TargetLoss = TargetLoss.vocab):
         super().__init__()
-        self.reduction = Reduction(token_reduction)
+        self.reduction, self.target_loss = Reduction(token_reduction), TargetLoss(target_loss)
 
     def forward(self, out: TargetOutput) -> torch.Tensor:
         logits, labels = out.logits.float(), out.labels
         nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")  # [B, T]
-        return _per_example(nll, _mask(labels), self.reduction)
+        nll = _per_example(nll, _mask(labels), self.reduction)
+        if self.target_loss == TargetLoss.labels and out.label_scores is not None:
+            restricted, has = label_nll(out.label_scores, nll.shape[0])
+            nll = torch.where(has, restricted, nll)
+        return nll
 
 
 def _kl(p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -130,7 +152,7 @@ class DistillLoss(nn.Module):
 
         L = L_PLM + λ (L_logits + L_hidden)
 
-    L_PLM is TokenNLL of the student; L_logits is LogitKL against a live teacher pass (a
+    L_PLM is TokenNLL of the student (train.target_loss); L_logits is LogitKL against a live teacher pass (a
     TargetOutput) or TopKLogitKL against stored teacher log-probs (anything with logp, index,
     log_rest: teacher_cache.CachedTeacher); L_hidden is HiddenMSE at the target positions, or at the
     source positions when `source_mask` [B, S] (1 = text token) is given. Returns the loss [B] and
@@ -139,11 +161,13 @@ class DistillLoss(nn.Module):
     """
 
     def __init__(self, weight: float = 1.0, temperature: float = 1.0, logits: bool = True, hidden: bool = True,
-                 token_reduction: Reduction = Reduction.mean, hidden_reduction: Reduction = Reduction.mean):
+                 token_reduction: Reduction = Reduction.mean, hidden_reduction: Reduction = Reduction.mean,
+                 target_loss: TargetLoss = TargetLoss.vocab):
         super().__init__()
         self.weight, self.logits, self.hidden = weight, logits, hidden
         tr = token_reduction
-        self.nll, self.kl, self.stored_kl = TokenNLL(tr), LogitKL(temperature, tr), TopKLogitKL(temperature, tr)
+        self.nll = TokenNLL(tr, target_loss)
+        self.kl, self.stored_kl = LogitKL(temperature, tr), TopKLogitKL(temperature, tr)
         self.mse = HiddenMSE(tr, hidden_reduction)
 
     def forward(self, student: TargetOutput, teacher=None,

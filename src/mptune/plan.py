@@ -7,9 +7,12 @@ own self-describing folder under ``output_dir``::
 
     teachers/<task>/                                  prompt-tune, one per source task
     source/<variant>/                                 distill, one per source variant (SOURCES)
-    targets/<setting>/<method>/seed-<s>/<task>/       one target run; MPT* writes <task1>+<task2>...
+    targets/full/<method>/seed-<s>/<task>/            one target run; MPT* writes <task1>+<task2>...
+    targets/k<k>/<method>/seed-<s>/draw-<i>/<task>/   few-shot (k per class): draw i of few_shot_draws
 
-``setting`` is ``full`` or ``k<k>`` (few-shot, k per class). A target stage depends
+``setting`` is ``full`` or ``k<k>``. A few-shot draw i samples its k-shot training
+(and, with data.few_shot_dev=k, dev) examples with a seed derived from (seed, i); the
+training seed stays the seed. A target stage depends
 on the stages it starts from (SPoT: the teachers; MPT: its source variant, which
 depends on the teachers); teachers and source variants are planned only when a
 target needs them. Adding a method = one row of METHODS.
@@ -18,11 +21,12 @@ target needs them. Adding a method = one row of METHODS.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
-from .config import DataConfig, PromptInit, TrainConfig
+from .config import DataConfig, PromptConfig, PromptInit, TrainConfig
 from .recipes import adapt, common, distill, prompt_tune
 
 if TYPE_CHECKING:
@@ -43,6 +47,8 @@ class Stage:
     setting: Optional[str] = None  # "full" | "k=16"
     seed: Optional[int] = None
     tasks: tuple[str, ...] = ()
+    draw: Optional[int] = None  # few-shot settings: which draw of k examples
+    legacy: Optional[Path] = None  # draw 0: its folder in runs made before draws (read when `folder` has none)
 
     def done(self) -> bool:
         return common.stage_done(self.folder, self.kind)
@@ -56,6 +62,7 @@ class Cell:
     seed: int
     data: DataConfig
     train: TrainConfig
+    draw: Optional[int] = None  # few-shot: the draw of k examples (data.few_shot_draw)
 
 
 class Layout:
@@ -67,13 +74,14 @@ class Layout:
         self.names = {spec: t.name for key in ("sources", "targets") for spec, t in
                       zip(getattr(cfg, key), common.resolve_tasks(getattr(cfg, key), cfg.data, key,
                                                                   check_data=check_data))}
+        adapt.init_source(cfg.adapt.init, "adapt.init", [self.names[s] for s in cfg.sources])
 
     def teacher(self, spec: str) -> Stage:
         cfg, name = self.cfg, self.names[spec]
         folder = self.out / "teachers" / name
         return Stage(f"teacher {name}", folder, "prompt-tune", prompt_tune.run, prompt_tune.PromptTuneConfig(
             model=cfg.model, task=spec, output_dir=str(folder), prompt=cfg.prompt, data=cfg.data,
-            train=cfg.teacher_train), tasks=(name,))
+            train=cfg.teacher_train, eval=cfg.eval), tasks=(name,))
 
     def source(self, variant: str) -> Stage:
         cfg = self.cfg
@@ -81,29 +89,37 @@ class Layout:
         config = SOURCES[variant](distill.DistillConfig(
             model=cfg.model, tasks=cfg.sources, output_dir=str(folder), teachers_dir=str(self.out / "teachers"),
             rank=cfg.rank, prompt=cfg.prompt, distill=cfg.distill, sampling=cfg.sampling, data=cfg.data,
-            train=cfg.source_train))
+            train=cfg.source_train, eval=cfg.eval))
         needs = tuple(self.teacher(t).name for t in cfg.sources)
         return Stage(f"distill ({variant})", folder, "distill", distill.run, config, needs,
                      tasks=tuple(self.names[t] for t in cfg.sources))
 
     def cells(self) -> list[Cell]:
-        """Every (setting, seed): splits stay fixed (data.seed); the seed varies init, order and few-shot draw."""
+        """Every (setting, seed[, draw]): splits stay fixed (data.seed); the seed varies init and order, and
+        with the draw the few-shot sample."""
         cfg = self.cfg
         out = []
         for setting in settings(cfg):
-            data = cfg.data if setting == "full" else dataclasses.replace(cfg.data, few_shot_k=int(setting[2:]))
-            out += [Cell(setting, seed, data, dataclasses.replace(cfg.target_train, seed=seed)) for seed in cfg.seeds]
+            for seed in cfg.seeds:
+                train = dataclasses.replace(cfg.target_train, seed=seed)
+                if setting == "full":
+                    out.append(Cell(setting, seed, cfg.data, train))
+                    continue
+                out += [Cell(setting, seed, dataclasses.replace(cfg.data, few_shot_k=int(setting[2:]), few_shot_draw=i),
+                             train, i) for i in range(cfg.few_shot_draws)]
         return out
 
     def target(self, c: Cell, method: str, specs: list[str], kind: str, run: Callable,
                make_config: Callable[[str], Any], needs: tuple[str, ...] = ()) -> Stage:
-        """One target run: targets/<setting>/<method>/seed-<s>/<task>[+<task>...]; make_config(folder)."""
+        """One target run: targets/<setting>/<method>/seed-<s>[/draw-<i>]/<task>[+<task>...]; make_config(folder)."""
         names = [self.names[t] for t in specs]
         group = "+".join(names)
-        folder = self.out / "targets" / c.setting.replace("=", "") / method / f"seed-{c.seed}" / group
-        tag = "" if c.setting == "full" else f" {c.setting}"
-        return Stage(f"{method} {group}{tag} seed {c.seed}", folder, kind, run, make_config(str(folder)), needs,
-                     method, c.setting, c.seed, tuple(names))
+        seed = self.out / "targets" / c.setting.replace("=", "") / method / f"seed-{c.seed}"
+        folder = seed / group if c.draw is None else seed / f"draw-{c.draw}" / group
+        tag = ("" if c.setting == "full" else f" {c.setting}") + f" seed {c.seed}" + (
+            "" if c.draw is None else f" draw {c.draw}")
+        return Stage(f"{method} {group}{tag}", folder, kind, run, make_config(str(folder)), needs, method, c.setting,
+                     c.seed, tuple(names), c.draw, seed / group if c.draw == 0 else None)
 
     def stages(self) -> list[Stage]:
         """Every stage, in an order that runs one after another (dependencies first): the teachers and
@@ -121,21 +137,34 @@ class Layout:
 
 # -- the methods ---------------------------------------------------------------------------
 
-def _pt(lay: Layout, m: Method, c: Cell) -> list[Stage]:
-    """Prompt tuning per target, from sampled vocabulary (Lester et al.)."""
+def _prompt_tune(lay: Layout, m: Method, c: Cell, prompt: PromptConfig, needs: tuple[str, ...] = ()) -> list[Stage]:
     cfg = lay.cfg
     return [lay.target(c, m.name, [t], "prompt-tune", prompt_tune.run, lambda f, t=t: prompt_tune.PromptTuneConfig(
-        model=cfg.model, task=t, output_dir=f, prompt=cfg.prompt, data=c.data, train=c.train)) for t in cfg.targets]
+        model=cfg.model, task=t, output_dir=f, prompt=prompt, data=c.data, train=c.train, eval=cfg.eval),
+        needs) for t in cfg.targets]
+
+
+def _pt(lay: Layout, m: Method, c: Cell) -> list[Stage]:
+    """Prompt tuning per target, from sampled vocabulary (Lester et al.)."""
+    return _prompt_tune(lay, m, c, lay.cfg.prompt)
+
+
+def _from_teachers(lay: Layout, m: Method, c: Cell, init: PromptInit, sources: list[str]) -> list[Stage]:
+    teachers = [lay.teacher(s) for s in sources]
+    prompt = dataclasses.replace(lay.cfg.prompt, init=init, init_from=[str(t.folder) for t in teachers])
+    return _prompt_tune(lay, m, c, prompt, tuple(t.name for t in teachers))
 
 
 def _spot(lay: Layout, m: Method, c: Cell) -> list[Stage]:
-    """Prompt tuning per target, from the teachers' average prompt (or spot_source's teacher)."""
+    """Prompt tuning per target from the teacher prompt that scores best on the target's dev set before
+    training (SPoT, Vu et al.; spot_choice.json), or from spot_source's teacher."""
     cfg = lay.cfg
-    teachers = [lay.teacher(s) for s in ([cfg.spot_source] if cfg.spot_source else cfg.sources)]
-    prompt = dataclasses.replace(cfg.prompt, init=PromptInit.prompts, init_from=[str(t.folder) for t in teachers])
-    return [lay.target(c, m.name, [t], "prompt-tune", prompt_tune.run, lambda f, t=t: prompt_tune.PromptTuneConfig(
-        model=cfg.model, task=t, output_dir=f, prompt=prompt, data=c.data, train=c.train),
-        tuple(s.name for s in teachers)) for t in cfg.targets]
+    return _from_teachers(lay, m, c, PromptInit.best_prompt, [cfg.spot_source] if cfg.spot_source else cfg.sources)
+
+
+def _spot_avg(lay: Layout, m: Method, c: Cell) -> list[Stage]:
+    """Prompt tuning per target from the teachers' average prompt."""
+    return _from_teachers(lay, m, c, PromptInit.prompts, lay.cfg.sources)
 
 
 def _adapt(lay: Layout, m: Method, c: Cell, specs: list[str]) -> Stage:
@@ -143,7 +172,7 @@ def _adapt(lay: Layout, m: Method, c: Cell, specs: list[str]) -> Stage:
     return lay.target(c, m.name, specs, "adapt", adapt.run, lambda f: adapt.AdaptConfig(
         tasks=specs, output_dir=f, source=str(source.folder), model=cfg.model, rank=cfg.rank, init=cfg.adapt.init,
         lr_shared=cfg.adapt.lr_shared, lr_task=cfg.adapt.lr_task, freeze_shared=cfg.adapt.freeze_shared,
-        sampling=cfg.sampling, data=c.data, train=c.train), (source.name,))
+        sampling=cfg.sampling, data=c.data, train=c.train, eval=cfg.eval), (source.name,))
 
 
 def _adapt_each(lay: Layout, m: Method, c: Cell) -> list[Stage]:
@@ -172,8 +201,10 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("pt", "PT", "tab:gray", "main", None, _pt, "vanilla prompt tuning from sampled vocabulary"),
-    Method("spot", "SPoT-style (teachers' avg)", "tab:blue", "baseline", None, _spot,
-           "prompt tuning started from the teachers' average prompt, or spot_source's (SPoT-style)"),
+    Method("spot", "SPoT (best source)", "tab:blue", "baseline", None, _spot,
+           "prompt tuning from the teacher prompt best on the target's dev set at step 0 (or spot_source's)"),
+    Method("spot_avg", "SPoT-style (teachers' avg)", "tab:cyan", "baseline", None, _spot_avg,
+           "prompt tuning started from the teachers' average prompt"),
     Method("mpt", "MPT", "tab:red", "main", "mpt", _adapt_each, "MPT: adapt P* ∘ (u v) from the distilled source"),
     Method("mpt_multi", "MPT*", "tab:orange", "variant", "mpt", _adapt_together,
            "MPT*: all targets share one P*, each with its own u, v"),
@@ -222,21 +253,45 @@ class TaskRun:
     dev_history: Optional[list[dict]]  # None when several tasks shared the selection (MPT*)
     params_per_task: int
     backbone_params: int
+    folder: Path  # where it was read: stage.folder, or stage.legacy for a run made before draws
 
 
-def task_runs(stages: list[Stage]) -> dict[str, dict[str, dict[str, dict[int, TaskRun]]]]:
-    """setting -> method -> task -> seed -> TaskRun, for the finished target stages (in plan order)."""
+Runs = dict[str, dict[str, dict[str, dict[int, dict[int, TaskRun]]]]]
+
+
+def task_runs(stages: list[Stage]) -> Runs:
+    """setting -> method -> task -> seed -> draw -> TaskRun, for the finished target stages (in plan order);
+    full data has one draw, 0. A draw-0 stage without results is read from its pre-draw folder, if any."""
     table: dict = {}
     for s in targets_of(stages):
-        m = common.read_metrics(s.folder)
+        folder = s.folder
+        m = common.read_metrics(folder)
+        if not m and s.legacy is not None:
+            folder, m = s.legacy, common.read_metrics(s.legacy)
         if not m:
             continue
         tasks = m["tasks"]
         for task, entry in tasks.items():
             run = TaskRun(s, task, entry, m.get("best_step"), m.get("dev_history") if len(tasks) == 1 else None,
-                          m["trainable_params"] // len(tasks), m["backbone_params"])
-            table.setdefault(s.setting, {}).setdefault(s.method, {}).setdefault(task, {})[s.seed] = run
+                          m["trainable_params"] // len(tasks), m["backbone_params"], folder)
+            by_seed = table.setdefault(s.setting, {}).setdefault(s.method, {}).setdefault(task, {})
+            by_seed.setdefault(s.seed, {})[s.draw or 0] = run
     return table
+
+
+def per_seed(by_seed: dict[int, dict[int, TaskRun]], value: Callable[[TaskRun], Optional[float]]) -> dict[int, float]:
+    """seed -> the mean of `value` over the seed's draws (skipping None; full data: its one run)."""
+    out = {}
+    for seed, draws in by_seed.items():
+        vals = [v for r in draws.values() if (v := value(r)) is not None]
+        if vals:
+            out[seed] = statistics.fmean(vals)
+    return out
+
+
+def replicates(by_seed: dict[int, dict[int, TaskRun]]) -> dict[str, TaskRun]:
+    """seed -> draw -> run as one level, keyed "<seed>" (full data) or "<seed>/draw-<i>" (few-shot)."""
+    return {str(s) if r.stage.draw is None else f"{s}/draw-{d}": r for s, ds in by_seed.items() for d, r in ds.items()}
 
 
 def task_metric(run: TaskRun) -> str:
@@ -244,9 +299,9 @@ def task_metric(run: TaskRun) -> str:
     definition is read from its stage folder)."""
     from .tasks.resolve import resolve_task
 
-    t = resolve_task(run.task, folder=run.stage.folder, check_data=False)
+    t = resolve_task(run.task, folder=run.folder, check_data=False)
     return "/".join(t.score_metrics or t.metrics)
 
 
-__all__ = ["Cell", "Layout", "METHODS", "Method", "MethodName", "ROLES", "SOURCES", "Stage", "TaskRun", "plan",
-           "settings", "targets_of", "task_metric", "task_runs"]
+__all__ = ["Cell", "Layout", "METHODS", "Method", "MethodName", "ROLES", "SOURCES", "Stage", "TaskRun", "per_seed",
+           "plan", "replicates", "settings", "targets_of", "task_metric", "task_runs"]

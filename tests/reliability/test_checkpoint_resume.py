@@ -204,6 +204,14 @@ def test_resume_refuses_changed_settings(tmp_path):
         tally("bad inputs: resume with changed train settings")
 
 
+def test_resume_refuses_a_changed_loss(tmp_path):
+    """The loss's reduction and what it is the likelihood of change the run as much as the lr does."""
+    _killed_at_9(tmp_path / "run")
+    for key, value in (("token_reduction", "sum"), ("target_loss", "labels")):
+        with pytest.raises(ckpt.CheckpointError, match=f"train.{key}="):
+            make(tmp_path / "run", toy_config(**{key: value}))
+
+
 def test_resume_false_starts_fresh(tmp_path, baseline):
     _killed_at_9(tmp_path / "run")
     t = make(tmp_path / "run", toy_config(), resume=False)

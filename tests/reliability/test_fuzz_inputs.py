@@ -297,7 +297,8 @@ IMPOSSIBLE = {  # key -> values that must be refused
     "train.weight_decay": [-0.1], "train.max_grad_norm": [0, -1.0], "train.eval_every": [-1],
     "train.eval_batch_size": [0], "train.checkpoint_every": [-3], "train.log_every": [0],
     "data.max_source_length": [0, -1], "data.max_target_length": [0], "data.train_limit": [0, -5],
-    "data.few_shot_k": [0], "prompt.init_vocab_size": [0],
+    "data.few_shot_k": [0], "prompt.init_vocab_size": [0], "data.few_shot_dev": ["K", "all", ""],
+    "data.few_shot_draw": [-1],
     "train.mixed_precision": ["fp8", "FP16", ""], "prompt.init": ["zeros", "VOCAB", ""],
 }
 WRONG_TYPES = {"prompt.length": ["abc", "1.5", "[1]"], "train.lr": ["abc", "nan", "inf", "[0.3]"],

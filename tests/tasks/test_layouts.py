@@ -98,7 +98,8 @@ def test_user_task_jsonl_given_splits(tmp_path):
     assert task.kind.value == "classification" and task.split == "given"
     dev = task.load("dev")
     assert [e.target for e in dev] == ["bad", "good"] and dev[1].uid.endswith("dev.jsonl:2")
-    assert task.score(dev, [0, 0]) == {"accuracy": 50.0, "macro_f1": pytest.approx(100 / 3), "score": pytest.approx(125 / 3)}
+    want = {"accuracy": 50.0, "macro_f1": pytest.approx(100 / 3), "score": pytest.approx(125 / 3), "invalid_rate": 0.0}
+    assert task.score(dev, [0, 0]) == want
 
 
 def test_user_task_csv_headerless_auto_split(tmp_path):

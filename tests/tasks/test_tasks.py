@@ -150,7 +150,7 @@ def test_score_details():
     sst2 = get_task("sst2")
     exs = [sst2.to_example({"sentence": s, "label": y}) for s, y in [("a", 1), ("b", 0), ("c", 1), ("d", 0)]]
     out = sst2.score(exs, [1, 1, "positive", "garbage"])
-    assert out == {"accuracy": 50.0, "score": 50.0}
+    assert out == {"accuracy": 50.0, "score": 50.0, "invalid_rate": 25.0}  # "garbage" matches no label
     with pytest.raises(ValueError, match="predictions"):
         sst2.score(exs, [1])
     with pytest.raises(ValueError, match="unlabeled"):

@@ -36,6 +36,8 @@ def init_prompt_vectors(cfg: PromptConfig, embeddings: nn.Embedding, tokenizer=N
             raise ValueError(f"prompt.init_from: prompts have lengths {[p.shape[0] for p in prompts]}, "
                              f"prompt.length is {l}")
         return torch.stack(prompts).mean(0)
+    elif cfg.init == PromptInit.best_prompt:
+        raise ValueError("prompt.init=best_prompt is resolved by the prompt-tune recipe (it scores init_from on dev)")
     else:
         return torch.randn(l, d, generator=generator) * table.std()
     # Go through the module so embedding-side scaling (Gemma 3) is applied as for real text.

@@ -4,9 +4,10 @@ Every training stage (prompt-tune, distill, adapt; one task or several) ends wit
 :func:`finish`, which writes the same files: the prompt, predictions per task and
 split, ``stage.json`` and ``metrics.json`` in one schema::
 
-    {"tasks": {task: {"dev": {metric: value, "score": ...}, "test": {...},
+    {"tasks": {task: {"dev": {metric: value, "score": ..., "invalid_rate": ...}, "test": {...},
                       "n_dev": 48, "n_test": 250, "train_examples": 2932,
                       "train_per_class": {"negative": 1200, ...},   # classification tasks
+                      "train_uids": [...],                          # few-shot: the drawn examples
                       "predictions": {"dev": "predictions_<task>_dev.jsonl", "test": ...}}},
      "best_step": 24, "dev_history": [{"step": 8, "dev_score": ...}, ...],
      "trainable_params": ...,             # all tasks of the stage together
@@ -19,6 +20,7 @@ was shared); :func:`predictions` gives a split's examples and predictions in ord
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -30,9 +32,11 @@ import torch
 
 from .. import __version__
 from ..backbone import Backbone, load_backbone
-from ..config import ConfigError, DataConfig, ModelConfig, load_yaml, parse, save_yaml, to_dict
+from ..config import (ConfigError, DataConfig, FewShotDev, ModelConfig, TrainConfig, load_yaml, parse, save_yaml,
+                      to_dict)
 from ..data import LazyFeatures, TextEncoder
 from ..tasks import Example, Task, TaskKind, few_shot
+from ..tasks.loading import per_answer
 from ..tasks.resolve import resolve_task, save_definitions
 from ..utils import atomic_write_json, atomic_write_jsonl
 
@@ -63,15 +67,22 @@ def encoder_for(backbone: Backbone, data: DataConfig) -> TextEncoder:
     return TextEncoder(backbone.tokenizer, backbone.kind, data.max_source_length, data.max_target_length)
 
 
+def draw_seed(seed: int, draw: int) -> int:
+    """The sample seed of few-shot draw `draw` of a run with seed `seed`: the seed itself for draw 0 (as
+    before draws existed), else 32 bits of sha256("<seed>/<draw>")."""
+    return seed if draw == 0 else int.from_bytes(hashlib.sha256(f"{seed}/{draw}".encode()).digest()[:4], "big")
+
+
 def train_examples(task: Task, data: DataConfig, sample_seed: int) -> list[Example]:
-    """The paper's train split (cut with data.seed), optionally few-shot (k per class) or
-    subsampled with `sample_seed` (the run's seed: few-shot results vary over it)."""
+    """The paper's train split (cut with data.seed), optionally few-shot (k per class, draw
+    data.few_shot_draw of `sample_seed`, the run's seed) or subsampled with `sample_seed`; then one
+    example per gold answer where the task's format says so (ATTEMPT's ReCoRD)."""
     examples = task.load("train", data_dir=data.resolved_data_dir(), seed=data.seed)
     if data.few_shot_k:
-        examples = few_shot(examples, data.few_shot_k, sample_seed)
+        examples = few_shot(examples, data.few_shot_k, draw_seed(sample_seed, data.few_shot_draw))
     if data.train_limit and len(examples) > data.train_limit:
         examples = random.Random(sample_seed).sample(examples, data.train_limit)
-    return examples
+    return per_answer(examples) if task.per_answer else examples
 
 
 def eval_examples(task: Task, split: str, data: DataConfig, limit: Optional[int] = None) -> list[Example]:
@@ -80,14 +91,35 @@ def eval_examples(task: Task, split: str, data: DataConfig, limit: Optional[int]
     return task.load(split, data_dir=data.resolved_data_dir(), seed=data.seed, limit=limit)
 
 
+def dev_examples(task: Task, data: DataConfig, sample_seed: int, train: Sequence[Example]) -> list[Example]:
+    """The dev examples a run selects its best step on (and reports as "dev"): the paper dev split (at most
+    data.eval_limit); few-shot, by data.few_shot_dev: k = k per class of the whole split, none of them among
+    `train` (the run's training examples), drawn with the draw's seed; none = [] (no selection)."""
+    if not data.few_shot_k or data.few_shot_dev == FewShotDev.full:
+        return eval_examples(task, "dev", data)
+    if data.few_shot_dev == FewShotDev.none:
+        return []
+    taken = {e.uid for e in train}
+    pool = [e for e in task.load("dev", data_dir=data.resolved_data_dir(), seed=data.seed) if e.uid not in taken]
+    return few_shot(pool, data.few_shot_k, draw_seed(sample_seed, data.few_shot_draw)) if pool else []
+
+
 def test_examples(task: Task, data: DataConfig, limit: Optional[int]) -> list[Example]:
     """The test split a stage reports: at most `limit` (train.test_limit), else data.eval_limit examples."""
     return eval_examples(task, "test", data, limit)
 
 
-def features(examples: Sequence[Example], encoder: TextEncoder, task_index: int = 0) -> LazyFeatures:
+def feature_items(task: Task, examples: Sequence[Example], task_index: int, label_rows: bool) -> list[tuple]:
+    """(example, task_index, its label strings) for LazyFeatures; the label strings (the choices rank
+    evaluation scores) only for classification examples when the loss needs them (train.target_loss)."""
+    labels = label_rows and task.kind == TaskKind.CLASSIFICATION
+    return [(e, task_index, task.choices(e) if labels else None) for e in examples]
+
+
+def features(task: Task, examples: Sequence[Example], encoder: TextEncoder, task_index: int = 0,
+             label_rows: bool = False) -> LazyFeatures:
     """Training features, tokenised when a batch first needs them."""
-    return LazyFeatures([(e, task_index) for e in examples], encoder)
+    return LazyFeatures(feature_items(task, examples, task_index, label_rows), encoder)
 
 
 def backbone_params(backbone: Backbone) -> int:
@@ -98,7 +130,7 @@ def resolve_tasks(specs: Sequence[str], data: DataConfig, key: str = "tasks", fo
                   check_data: bool = True) -> list[Task]:
     """Registry names or task files -> tasks, before anything is written (a file's problems all at
     once, see mptune.tasks.resolve); `folder`: a stage folder whose saved definitions come first."""
-    tasks = [resolve_task(s, data.resolved_data_dir(), folder, check_data, key) for s in specs]
+    tasks = [resolve_task(s, data.resolved_data_dir(), folder, check_data, key, data.format.value) for s in specs]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"{key}: duplicate task names {names} (from {list(specs)})")
@@ -141,7 +173,7 @@ def finish(stage: str, cfg, out: Path, accelerator, backbone: Backbone, encoder:
            tasks: Sequence[Task], train: Sequence[Sequence[Example]], dev: Sequence[Sequence[Example]], result,
            trainable_params: int, trainable_per_task: int) -> dict:
     """Test the best prompt module `best` on every task (dev and test), write the predictions, the
-    prompt file, metrics.json, stage.json and the user tasks' definitions. `cfg` needs .data and .train."""
+    prompt file, metrics.json, stage.json and the user tasks' definitions. `cfg` needs .data, .train, .eval."""
     from ..evaluation import evaluate
     from ..prompts.io import save_module
 
@@ -151,12 +183,13 @@ def finish(stage: str, cfg, out: Path, accelerator, backbone: Backbone, encoder:
         files = {}
         for split, ex in (("dev", dev[k]), ("test", test_examples(task, cfg.data, cfg.train.test_limit))):
             r = evaluate(backbone, best, task, ex, encoder, cfg.train.eval_batch_size, task_index=k,
-                         accelerator=accelerator)
+                         accelerator=accelerator, how=cfg.eval)
             entry[split], entry[f"n_{split}"] = r.metrics, len(ex)
             files[split] = predictions_file(task.name, split)
             if accelerator.is_main_process:
                 atomic_write_jsonl(out / files[split], r.rows)
-        per_task[task.name] = {**entry, **train_counts(task, train[k]), "predictions": files}
+        drawn = {"train_uids": [e.uid for e in train[k]]} if cfg.data.few_shot_k else {}  # few-shot: which ones
+        per_task[task.name] = {**entry, **train_counts(task, train[k]), **drawn, "predictions": files}
     metrics = {"tasks": per_task, "best_step": result.best_step, "dev_history": result.history,
                "trainable_params": trainable_params, "trainable_params_per_task": trainable_per_task,
                "backbone_params": backbone_params(backbone)}
@@ -196,9 +229,13 @@ def predictions(folder: Path, task_name: str, split: str = "test") -> tuple[Task
         raise ConfigError(f"{folder / METRICS_FILE}: no task {task_name!r}")
     cfg = load_yaml(folder / "config.yaml")
     data = parse(DataConfig, cfg.get("data") or {}, source=str(folder / "config.yaml"))
-    limit = (cfg.get("train") or {}).get("test_limit") if split == "test" else None
-    task = resolve_task(task_name, data.resolved_data_dir(), folder, check_data=False)  # saved definitions first
-    examples = eval_examples(task, split, data, limit)
+    train = cfg.get("train") or {}
+    task = resolve_task(task_name, data.resolved_data_dir(), folder, False, fmt=data.format.value)  # saved ones first
+    if split == "dev":  # the run's own dev set (few-shot: its k-shot draw)
+        seed = train.get("seed", TrainConfig.seed)
+        examples = dev_examples(task, data, seed, train_examples(task, data, seed))
+    else:
+        examples = eval_examples(task, split, data, train.get("test_limit") if split == "test" else None)
     path = folder / entry["predictions"][split]
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if [r["uid"] for r in rows] != [e.uid for e in examples]:

@@ -8,7 +8,8 @@ KL(teacher ‖ student) of the output distributions at the target positions with
 temperature T (T² scaled); L_hidden is the squared error (mean or sum over d:
 distill.hidden_reduction) between final-layer hidden states at the target positions (decoder for T5, the LM for causal models) — or, with
 distill.hidden_at=source, at the input text positions (the T5 encoder). Teachers
-are just another prompt table through the same frozen backbone, run without grad.
+are just another prompt table through the same frozen backbone, run without grad
+and in eval mode (no dropout, also under model.dropout=keep).
 Batches mix tasks (stochastic task sampling).
 
 Ablations in the same recipe: distill.weight=0 (no distillation, task loss only);
@@ -30,7 +31,8 @@ from typing import Literal, Optional, Sequence
 
 import torch
 
-from ..config import ConfigError, DataConfig, ModelConfig, PromptConfig, PromptInit, Reduction, TrainConfig, _check
+from ..config import (ConfigError, DataConfig, EvalConfig, ModelConfig, PromptConfig, PromptInit, Reduction,
+                      TrainConfig, _check)
 from ..data import collate
 from ..engine import Trainer
 from ..losses import DistillLoss, LogitKL
@@ -120,6 +122,8 @@ class DistillConfig:
     """Data source and tokenisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """How label tasks are evaluated (rank or generate)."""
     resume: bool = True
     """Resume from the newest good checkpoint."""
 
@@ -159,7 +163,7 @@ def run(cfg: DistillConfig) -> dict:
     acc = common.make_accelerator(cfg.train.mixed_precision)
     backbone = common.setup_backbone(cfg.model, acc)
     encoder = common.encoder_for(backbone, cfg.data)
-    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train.seed)
+    data = MultiTaskData.load(cfg.tasks, cfg.data, encoder, cfg.train)
     teachers = None
     if cfg.teachers_dir is not None and needs_teachers(cfg.distill):
         teachers = teacher_table(Path(cfg.teachers_dir), data.names, backbone).to(acc.device)
@@ -176,7 +180,7 @@ def run(cfg: DistillConfig) -> dict:
     distilling = teachers is not None and dc.weight > 0 and (dc.logits or dc.hidden)
     at_source = dc.hidden and dc.hidden_at == "source"
     loss = DistillLoss(dc.weight, dc.temperature, dc.logits, dc.hidden, cfg.train.token_reduction,
-                       dc.hidden_reduction)
+                       dc.hidden_reduction, cfg.train.target_loss)
 
     tcache = None
     if distilling and dc.teacher_cache and not at_source:
@@ -190,8 +194,9 @@ def run(cfg: DistillConfig) -> dict:
         b = collate([data.features[i] for i in idx], backbone.kind, backbone.pad_id)
         return {**{k: v.to(acc.device) for k, v in b.items()}, "example_index": idx}
 
-    def run_teacher(batch: dict):
-        return backbone(teachers, batch, hidden=dc.hidden)
+    def run_teacher(batch: dict):  # live, cache fill and the top-k gap: always eval mode (model.dropout)
+        with backbone.frozen_eval():  # label rows (train.target_loss=labels) are the student's loss only
+            return backbone(teachers, batch, hidden=dc.hidden, with_labels=False)
 
     def teacher(batch: dict):
         with torch.no_grad():  # cached: computed once per example, then read from disk
@@ -219,12 +224,13 @@ def run(cfg: DistillConfig) -> dict:
 
     def dev_score():
         return dev_average(backbone, trainer.module, data, encoder, cfg.train.eval_batch_size, acc,
-                           cfg.train.eval_limit)
+                           cfg.train.eval_limit, cfg.eval)
 
     # -- train -------------------------------------------------------------
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,
                       plan=data.plan(cfg.train.batch_size, cfg.train.seed, cfg.sampling), make_batch=make_batch,
-                      loss_fn=loss_fn, evaluate=dev_score, out_dir=out, resume=cfg.resume, desc="distill")
+                      loss_fn=loss_fn, evaluate=dev_score, out_dir=out, resume=cfg.resume, desc="distill",
+                      backbone=backbone)
     result = trainer.fit()
     if tcache is not None:
         tcache.flush()

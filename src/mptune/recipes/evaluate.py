@@ -7,6 +7,7 @@ checked against that backbone before anything runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Literal, Optional
 
 import torch
 
-from ..config import ConfigError, DataConfig, ModelConfig, load_yaml
+from ..config import ConfigError, DataConfig, EvalConfig, EvalMode, ModelConfig, load_yaml, parse
 from ..evaluation import evaluate, predict, prediction_rows
 from ..prompts import load_prompt_module
 from ..tasks import Example, TaskKind
@@ -44,6 +45,8 @@ class EvaluateConfig:
     """Examples per batch."""
     limit: Optional[int] = None
     """Evaluate only the first N examples."""
+    eval: Optional[EvalConfig] = None
+    """How label tasks are evaluated (default: the prompt folder's config.yaml eval section, else rank)."""
     allow_pickle: bool = False
     """Accept a pickle prompt file (.bin/.pt; can run code when loaded, so off by default); it is read with torch.load(weights_only=True)."""
 
@@ -57,15 +60,19 @@ class PredictConfig:
     input: str
     """JSONL file: each line has "source" (model input text) or the task template's fields."""
     output: str
-    """JSONL file to write, one line per input row: uid, task, source, prediction. Label tasks (rank
-    classification) add prediction_index and "scores": {label: {"logprob": the label's summed token
-    log-prob (the score the ranking uses), "prob": softmax of those over the labels}}."""
+    """JSONL file to write, one line per input row: uid, task, source, prediction. Label tasks add
+    prediction_index (the label's index; -1: the generated text matches no label) and, under eval.mode=rank,
+    "scores": {label: {"logprob": the label's summed token log-prob (the score the ranking uses), "prob":
+    softmax of those over the labels}}; under generate the prediction is the generated text and there are no
+    scores (no label is scored)."""
     task: Optional[str] = None
     """Task whose template/labels to use (default: the prompt's task): a name or a task file, as for evaluate."""
     model: Optional[ModelConfig] = None
     """Backbone override (default: the one in the prompt folder's config.yaml)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Tokenisation limits."""
+    eval: Optional[EvalConfig] = None
+    """How label tasks are evaluated (default: the prompt folder's config.yaml eval section, else rank)."""
     batch_size: int = 32
     """Examples per batch."""
     allow_pickle: bool = False
@@ -76,15 +83,28 @@ def _folder(prompt: str) -> Path:
     return Path(prompt) if Path(prompt).is_dir() else Path(prompt).parent
 
 
+def _saved(prompt: str, key: str) -> Optional[dict]:
+    """A section of the prompt folder's config.yaml (None: no such file or section)."""
+    cfg_file = _folder(prompt) / "config.yaml"
+    section = load_yaml(cfg_file).get(key) if cfg_file.is_file() else None
+    return section if isinstance(section, dict) else None
+
+
 def _model_for(prompt: str, override: Optional[ModelConfig]) -> ModelConfig:
     if override is not None:
         return override
-    cfg_file = _folder(prompt) / "config.yaml"
-    if cfg_file.is_file():
-        model = load_yaml(cfg_file).get("model")
-        if isinstance(model, dict) and model.get("name"):
-            return ModelConfig(**model)
-    raise ConfigError(f"model: no backbone given and {cfg_file} has none; pass model.name=...")
+    model = _saved(prompt, "model")
+    if model and model.get("name"):
+        return ModelConfig(**model)
+    raise ConfigError(f"model: no backbone given and {_folder(prompt) / 'config.yaml'} has none; pass model.name=...")
+
+
+def _eval_for(cfg):
+    """`cfg` with its eval section resolved: given, else the stage's own (the folder's config.yaml), else rank."""
+    if cfg.eval is not None:
+        return cfg
+    saved = _saved(cfg.prompt, "eval") or {}
+    return dataclasses.replace(cfg, eval=parse(EvalConfig, saved, source=str(_folder(cfg.prompt) / "config.yaml")))
 
 
 def _setup(prompt: str, model: Optional[ModelConfig], task_name: Optional[str], data: DataConfig,
@@ -104,9 +124,11 @@ def _setup(prompt: str, model: Optional[ModelConfig], task_name: Optional[str], 
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict:
+    cfg = _eval_for(cfg)
     acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data, cfg.allow_pickle)
     examples = common.eval_examples(task, cfg.split, cfg.data, cfg.limit)
-    r = evaluate(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc)
+    r = evaluate(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc,
+                 how=cfg.eval)
     out = Path(cfg.output_dir) if cfg.output_dir else _folder(cfg.prompt) / f"eval-{task.name}-{cfg.split}"
     result = {"task": task.name, "split": cfg.split, "examples": len(examples), "metrics": r.metrics}
     if acc.is_main_process:
@@ -151,13 +173,14 @@ def label_scores(labels: list[str], logprobs: list[float]) -> dict[str, dict[str
 
 
 def run_predict(cfg: PredictConfig) -> list[dict]:
+    cfg = _eval_for(cfg)
     acc, backbone, module, task, ti, encoder = _setup(cfg.prompt, cfg.model, cfg.task, cfg.data, cfg.allow_pickle,
                                                       check_data=False)  # needs the template and labels only
     examples = read_predict_input(Path(cfg.input), task)
-    ranked = task.kind == TaskKind.CLASSIFICATION
+    ranked = task.kind == TaskKind.CLASSIFICATION and cfg.eval.mode == EvalMode.rank
     preds = predict(backbone, module, task, examples, encoder, cfg.batch_size, task_index=ti, accelerator=acc,
-                    with_scores=ranked)
-    rows = prediction_rows(task, examples, [p for p, _ in preds] if ranked else preds)
+                    with_scores=ranked, mode=cfg.eval.mode)
+    rows = prediction_rows(task, examples, [p for p, _ in preds] if ranked else preds, cfg.eval)
     for r, e, p in zip(rows, examples, preds):
         r.pop("target", None)
         if ranked:

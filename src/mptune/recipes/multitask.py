@@ -9,7 +9,7 @@ from typing import Literal, Optional, Sequence
 
 import torch
 
-from ..config import ConfigError, DataConfig, _check
+from ..config import ConfigError, DataConfig, EvalConfig, TargetLoss, TrainConfig, _check
 from ..data import Feature, LazyFeatures, ShuffledBatches, TaskMixingBatches, TextEncoder
 from ..evaluation import evaluate
 from ..tasks import Example, Task
@@ -49,11 +49,16 @@ class MultiTaskData:
         return [t.name for t in self.tasks]
 
     @classmethod
-    def load(cls, specs: Sequence[str], data: DataConfig, encoder: TextEncoder, sample_seed: int) -> "MultiTaskData":
+    def load(cls, specs: Sequence[str], data: DataConfig, encoder: TextEncoder,
+             train_cfg: TrainConfig) -> "MultiTaskData":
+        """The tasks' train / dev examples and training features (seeded by train.seed; label rows
+        when train.target_loss=labels)."""
         tasks = common.resolve_tasks(specs, data, "tasks")  # registry names or task files
-        train = [common.train_examples(t, data, sample_seed) for t in tasks]
-        dev = [common.eval_examples(t, "dev", data) for t in tasks]
-        feats = LazyFeatures([(e, k) for k, ex in enumerate(train) for e in ex], encoder)
+        train = [common.train_examples(t, data, train_cfg.seed) for t in tasks]
+        dev = [common.dev_examples(t, data, train_cfg.seed, tr) for t, tr in zip(tasks, train)]
+        rows = train_cfg.target_loss == TargetLoss.labels
+        feats = LazyFeatures([i for k, (t, ex) in enumerate(zip(tasks, train))
+                              for i in common.feature_items(t, ex, k, rows)], encoder)
         return cls(tasks, train, dev, feats)
 
     def plan(self, batch_size: int, seed: int, sampling: SamplingConfig):
@@ -64,14 +69,14 @@ class MultiTaskData:
 
 
 def dev_average(backbone, module, data: MultiTaskData, encoder: TextEncoder, batch_size: int, accelerator,
-                limit: Optional[int] = None) -> Optional[float]:
+                limit: Optional[int] = None, how: Optional[EvalConfig] = None) -> Optional[float]:
     """Mean dev score over tasks: the number the best prompt is selected on."""
     scores = []
     for k, (task, dev) in enumerate(zip(data.tasks, data.dev)):
         if dev:
             ex = dev[:limit] if limit else dev
             r = evaluate(backbone, module, task, ex, encoder, batch_size, task_index=k, accelerator=accelerator,
-                         progress=False)
+                         progress=False, how=how)
             scores.append(r.metrics["score"])
     return sum(scores) / len(scores) if scores else None
 

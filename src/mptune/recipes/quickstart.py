@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import ConfigError, load_yaml, parse, to_dict
-from ..plan import METHODS, Layout, task_metric, task_runs
+from ..plan import METHODS, Layout, per_seed, replicates, task_metric, task_runs
 from ..utils import atomic_write_json, atomic_write_text
 from . import common, pipeline
 
@@ -251,11 +251,12 @@ def collect(cfg: pipeline.PipelineConfig, summary: dict, timing: dict, profile: 
             tasks = {}
             for task in targets:
                 by_seed = runs.get(setting, {}).get(method, {}).get(task, {})
-                seeds = {str(seed): {"test": r.entry["test"], "dev": r.entry["dev"], "best_step": r.best_step,
-                                     "dev_history": r.dev_history} for seed, r in by_seed.items()}
-                scores = [s["test"]["score"] for s in seeds.values()]
-                tasks[task] = {"metric": task_metric(next(iter(by_seed.values()))) if by_seed else None,
-                               "n_test": next((r.entry.get("n_test") for r in by_seed.values()), None),
+                reps = replicates(by_seed)  # "<seed>", or "<seed>/draw-<i>" in few-shot settings
+                seeds = {k: {"test": r.entry["test"], "dev": r.entry["dev"], "best_step": r.best_step,
+                             "dev_history": r.dev_history} for k, r in reps.items()}
+                scores = list(per_seed(by_seed, lambda r: r.entry["test"]["score"]).values())
+                tasks[task] = {"metric": task_metric(next(iter(reps.values()))) if reps else None,
+                               "n_test": next((r.entry.get("n_test") for r in reps.values()), None),
                                "seeds": seeds, "mean": statistics.fmean(scores) if scores else None,
                                "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0}
             sres[method] = {"tasks": tasks, "average": cell["average"], "params_per_task": cell["params_per_task"],
@@ -279,12 +280,13 @@ def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMP
     a, b = HEADLINE
     if a not in methods or b not in methods:
         return None
-    seeds = [s for s in methods[a][targets[0]] if all(s in methods[m].get(t, {}) for m in HEADLINE for t in targets)]
-    if not seeds:
+    pairs = [(s, d) for s, ds in methods[a][targets[0]].items() for d in ds  # (seed, few-shot draw) both ran
+             if all(d in methods[m].get(t, {}).get(s, {}) for m in HEADLINE for t in targets)]
+    if not pairs:
         return None
     data = {}  # task -> (task object, examples, predictions of a per seed, of b per seed)
     for t in targets:
-        got = {m: [common.predictions(methods[m][t][s].stage.folder, t) for s in seeds] for m in HEADLINE}
+        got = {m: [common.predictions(methods[m][t][s][d].folder, t) for s, d in pairs] for m in HEADLINE}
         task, examples, _ = got[a][0]
         if any([e.uid for e in ex] != [e.uid for e in examples] for m in HEADLINE for _, ex, _ in got[m]):
             raise ConfigError(f"{t}: {a} and {b} were tested on different examples; no paired comparison")
@@ -295,9 +297,10 @@ def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMP
         pick = [ex[i] for i in idx]
         return task.score(pick, [pa[s][i] for i in idx])["score"] - task.score(pick, [pb[s][i] for i in idx])["score"]
 
-    avg, per_task = paired_bootstrap({t: len(data[t][1]) for t in targets}, len(seeds), diff, resamples)
-    return {"a": a, "b": b, "seeds": seeds, "resamples": resamples, "level": 0.95,
-            "n_test": {t: len(data[t][1]) for t in targets}, "average": avg.as_dict(),
+    avg, per_task = paired_bootstrap({t: len(data[t][1]) for t in targets}, len(pairs), diff, resamples)
+    draws = {"draws": len(pairs)} if any(d for _, d in pairs) else {}  # few-shot: seed x draw runs
+    return {"a": a, "b": b, "seeds": list(dict.fromkeys(s for s, _ in pairs)), **draws, "resamples": resamples,
+            "level": 0.95, "n_test": {t: len(data[t][1]) for t in targets}, "average": avg.as_dict(),
             "tasks": {t: iv.as_dict() for t, iv in per_task.items()}}
 
 
@@ -314,6 +317,7 @@ def _noise_lines(c: dict, targets: list[str]) -> list[str]:
     a, b = METHODS[c["a"]].label, METHODS[c["b"]].label
     avg = c["average"]
     seeds = f" and the {len(c['seeds'])} seeds" if len(c["seeds"]) > 1 else ""
+    seeds = f" and the {c['draws']} seed x draw runs" if c.get("draws") else seeds
     verdict = ("the interval excludes 0: the difference is larger than the noise of these test sets"
                if avg["excludes_zero"] else
                "the interval includes 0: at this test-set size the difference cannot be told apart from noise")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..config import TextFormat
 from ..tasks import TaskDefinitionError, list_tasks
 from ..tasks.resolve import TASK_FILE_SUFFIXES, TaskCheck, check_task, load_task_file, resolve_task
 
@@ -22,15 +23,21 @@ class TasksConfig:
     check: Optional[str] = None
     """A task file (.yaml/.yml/.json) or registry name to validate without a model: paper split sizes, one
     rendered example per split, the label words, and every problem with file:line and key."""
+    format: TextFormat = TextFormat.t5
+    """Text format the checked task's examples are rendered in (as data.format): t5, attempt or natural."""
 
 
 def check_cmd(cfg: TasksConfig) -> TaskCheck:
     """Print the check of a task file (or registry task); its problems, if any, end in a TaskDefinitionError."""
     f = Path(cfg.check).expanduser()
+    fmt = TextFormat(cfg.format).value
     if f.suffix.lower() in TASK_FILE_SUFFIXES and f.is_file():
         report = load_task_file(f, cfg.data_dir)
+        if report.task is not None and not report.problems and fmt != TextFormat.t5.value:
+            report = check_task(report.task.with_format(fmt), cfg.data_dir, report.origin)
     else:  # a registry name; or a missing / wrong file, which resolve_task reports
-        report = check_task(resolve_task(cfg.check, cfg.data_dir, check_data=False, key="check"), cfg.data_dir)
+        report = check_task(resolve_task(cfg.check, cfg.data_dir, check_data=False, key="check", fmt=fmt),
+                            cfg.data_dir)
     print(report.render())
     if report.problems:
         raise TaskDefinitionError(f"{len(report.problems)} problem(s) in {report.origin or cfg.check} (listed above)")

@@ -1,7 +1,8 @@
 """The task record: one declarative :class:`Task` per dataset.
 
 A task says where its rows come from (:class:`Source`), how a row becomes a
-text-to-text :class:`Example` (template, label words, ``prepare``), how the
+text-to-text :class:`Example` (template, label words, ``prepare``; other text
+formats in ``formats``, applied by :meth:`Task.with_format`), how the
 paper's splits are made (``split`` policy; ``holdout`` for sets released as one
 file), and which metrics score it. The work lives elsewhere: :mod:`.loading`
 (files / Hub -> rows -> examples -> splits) and :mod:`.metrics` (scoring); the
@@ -10,15 +11,21 @@ methods below are shorthands for them.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import string
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from . import loading
 from . import metrics as M
 from . import splits
+from .formats import DEFAULT, NAMES, Format
 from .records import Example, TaskKind
+
+log = logging.getLogger(__name__)
+_fallbacks: set[tuple[str, str]] = set()  # (task, format) already logged as falling back to t5
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,11 @@ class Task:
     reported with the row's file:line.
     ``asset``: the :mod:`mptune.assets` entry that holds the task's files, fetched
     when a run needs it (``tasks.assets_for``).
+    ``formats``: the task's other text formats by name (``attempt``, ``natural``; see
+    :mod:`.formats`); the record's own template / label words are ``t5``. ``text_format`` names the
+    one this record renders, ``base`` the registered record it was made from (:meth:`with_format`).
+    ``value_text``: a regression value -> its target text (default T5's: nearest 0.2);
+    ``per_answer``: training uses one example per gold answer (:func:`.loading.per_answer`).
     """
 
     name: str
@@ -100,9 +112,22 @@ class Task:
     holdout: int | None = None  # one-file release: rows held out as raw split "validation"
     keep: Callable[[dict], bool] | None = None  # raw rows to keep (files only)
     asset: str | None = None  # the mptune.assets entry holding this task's files
+    formats: Mapping[str, Format] = field(default_factory=dict)
+    text_format: str = DEFAULT
+    value_text: Callable[[float], str] | None = None
+    per_answer: bool = False
+    base: Optional["Task"] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        bad = [f for f in self.formats if f not in NAMES or f == DEFAULT]
+        if bad:
+            raise ValueError(f"task {self.name}: unknown format(s) {bad}; other formats are "
+                             f"{[n for n in NAMES if n != DEFAULT]} ({DEFAULT!r} is the record's own template)")
+        for n, f in self.formats.items():
+            if f.label_words and self.label_words and len(f.label_words) != len(self.label_words):
+                raise ValueError(f"task {self.name}: format {n!r} has {len(f.label_words)} label words for "
+                                 f"the {len(self.label_words)} labels {list(self.label_words)}")
         set_("kind", TaskKind(self.kind))
         if self.label_words is not None:
             set_("label_words", tuple(str(w) for w in self.label_words))
@@ -134,6 +159,27 @@ class Task:
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+    def with_format(self, name: str) -> "Task":
+        """This task rendered in text format ``name`` (``data.format``): the record with that format's
+        template, label words, prepare and kind; the registered record itself for ``t5`` or a format the
+        task lacks (logged once). Raw label names keep mapping to the same label ids."""
+        base = self.base or self
+        if name not in NAMES:
+            raise ValueError(f"data.format: unknown text format {name!r}; valid: {', '.join(NAMES)}")
+        f = base.formats.get(name)
+        if f is None:
+            if name != DEFAULT and (base.name, name) not in _fallbacks:
+                _fallbacks.add((base.name, name))
+                log.warning("task %s has no %s format; using its %s format", base.name, name, DEFAULT)
+            return base
+        label_map = dict(base.label_map)
+        if f.label_words is not None and base.label_words:  # "entailment" in a tsv still means label 0
+            label_map = {**{w: i for i, w in enumerate(base.label_words)}, **label_map}
+        return dataclasses.replace(
+            base, template=f.template, label_words=base.label_words if f.label_words is None else f.label_words,
+            label_map=label_map, prepare=base.prepare if f.prepare is None else f.prepare, kind=f.kind or base.kind,
+            value_text=f.value_text or base.value_text, per_answer=f.per_answer, text_format=name, base=base)
 
     # --- the record ---------------------------------------------------------------------
 
@@ -186,6 +232,7 @@ class Task:
     def label_id(self, value: Any, choices: list[str] | None = None, where: str = "") -> int:
         return loading.label_id(self, value, choices, where)
 
-    def score(self, examples: list[Example], predictions: list) -> dict[str, float]:
-        """Every metric (0..100) plus ``score``: :func:`.metrics.score`."""
-        return M.score(self, examples, predictions)
+    def score(self, examples: list[Example], predictions: list, match: M.Match = M.Match.lenient) -> dict[str, float]:
+        """Every metric (0..100), ``score`` and ``invalid_rate``; generated labels matched by ``match``
+        (exact | lenient): :func:`.metrics.score`."""
+        return M.score(self, examples, predictions, match)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .base import Source, Task, TaskKind
+from .formats import Format
 from .registry import register_task
 
 
@@ -96,6 +97,7 @@ def bigbench(name: str, folder: str, template: str, options: tuple[str, ...], te
         name=name, group="bigbench", kind=TaskKind.CLASSIFICATION,
         source=Source(files={"all": f"bigbench/{folder}/task.json"}, format="bigbench"),
         template=template, label_words=options, prepare=bigbench_prepare(options, text, group),
+        formats={"natural": Format(template)},  # already an instruction
         fields=("input", "target_scores"), split="small", holdout=holdout, grouped=group is not None,
         description=description, asset=folder), aliases=aliases)
 

@@ -6,6 +6,8 @@ Example (``examples/own_task/urgency.yaml``)::
     files: {train: train.jsonl, dev: dev.jsonl, test: test.jsonl}
     template: "ticket: {text}"
     label_words: [routine, urgent]
+    formats:                                  # optional: other text formats (data.format)
+      natural: {template: "Ticket: {text}\nIs it urgent?\nAnswer:", label_words: ["no", "yes"]}
 
 The valid keys are :data:`USER_KEYS`. Data files (``files``): an absolute path is
 used as it is; a relative one is looked up under the data dir (``data.data_dir``,
@@ -31,6 +33,7 @@ from ..errors import MptuneError
 from . import metrics as M
 from . import splits
 from .base import Source, Task
+from .formats import DEFAULT, NAMES, Format
 from .records import TaskKind
 from .readers import FORMATS, infer_format
 
@@ -40,6 +43,8 @@ USER_KEYS = {
     "template": "str.format template over the columns, e.g. 'review: {text}'",
     "kind": "classification | regression | generation (default: classification with label_words, else generation)",
     "label_words": "verbalizers, index = label id",
+    "formats": "other text formats (data.format) by name: {attempt | natural: {template, label_words}}; "
+               "template / label_words above are the t5 (default) one",
     "label_map": "raw label value -> label id",
     "label_field": "column holding the label (default 'label')",
     "answers_field": "column holding the answer(s) for generation (default 'answers')",
@@ -138,17 +143,8 @@ def parse(d: Any, base_dir: str | os.PathLike | None = None, data_dir: str | os.
     name = d.get("name")
     if isinstance(name, str) and not (name and name.replace("_", "").replace("-", "").isalnum()):
         bad("name", f"must be letters, digits, _ or -, got {name!r}")
-    template = d.get("template")
-    if isinstance(template, str):
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        except ValueError as e:
-            bad("template", f"not a valid str.format template ({e}): {template!r}")
-        else:
-            if any(f == "" or f.isdigit() for f in fields):
-                bad("template", f"every {{}} needs a field name, e.g. {{text}}: {template!r}")
-            elif not fields:
-                bad("template", f"uses no {{field}} of the data: {template!r}")
+    if isinstance(d.get("template"), str):
+        _check_template("template", d["template"], bad)
     kind = d.get("kind")
     if isinstance(kind, str) and kind not in {k.value for k in TaskKind}:
         bad("kind", f"unknown kind {kind!r}; valid: {', '.join(k.value for k in TaskKind)}")
@@ -160,6 +156,7 @@ def parse(d: Any, base_dir: str | os.PathLike | None = None, data_dir: str | os.
     if lw is None and (kind == "classification" or (kind is None and "label_map" in d)):
         bad("label_words", "missing; a classification task needs its label words (label_map maps raw "
             "labels to indices into them)")
+    formats = _parse_formats(d.get("formats"), lw if _str_list(lw) else None, bad)
     lm = d.get("label_map")
     if lm is not None:
         if not isinstance(lm, dict):
@@ -227,17 +224,57 @@ def parse(d: Any, base_dir: str | os.PathLike | None = None, data_dir: str | os.
                     columns=dict(cols or {}), fieldnames=tuple(d["fieldnames"]) if d.get("fieldnames") else None,
                     headerless=d.get("header", True) is False)
     try:
-        task = Task(name=name, group=str(d.get("group", "custom")), kind=kind, source=source, template=template,
+        task = Task(name=name, group=str(d.get("group", "custom")), kind=kind, source=source, template=d["template"],
                     label_words=label_words, metrics=tuple(d.get("metrics") or _DEFAULT_METRICS[kind]),
                     score_metrics=tuple(d["score_metrics"]) if d.get("score_metrics") else None,
                     label_field=d.get("label_field", "label"), answers_field=d.get("answers_field", "answers"),
                     label_map={str(k): v for k, v in (lm or {}).items()}, split=split,
                     split_map={s: s for s in splits.PAPER_SPLITS} if split == "given" else {},
-                    description=str(d.get("description", "")))
+                    description=str(d.get("description", "")), formats=formats)
     except ValueError as e:  # what only the record checks (a metric that does not fit the kind ...)
         bad("metrics" if "metrics" in d or "score_metrics" in d else "", str(e))
         return None, problems
     return task, problems
+
+
+def _check_template(key: str, template: str, bad) -> None:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        bad(key, f"not a valid str.format template ({e}): {template!r}")
+    else:
+        if any(f == "" or f.isdigit() for f in fields):
+            bad(key, f"every {{}} needs a field name, e.g. {{text}}: {template!r}")
+        elif not fields:
+            bad(key, f"uses no {{field}} of the data: {template!r}")
+
+
+def _parse_formats(v: Any, label_words: list | None, bad) -> dict[str, Format]:
+    """The ``formats`` key -> {name: Format}; problems go to ``bad`` (key ``formats.<name>``)."""
+    if v is None:
+        return {}
+    others = [n for n in NAMES if n != DEFAULT]
+    if not isinstance(v, dict):
+        bad("formats", f"must be a mapping format name ({', '.join(others)}) -> {{template, label_words}}, got {v!r}")
+        return {}
+    out = {}
+    for name, f in v.items():
+        key = f"formats.{name}"
+        if name not in others:
+            bad(key, f"unknown format {name!r}; valid: {', '.join(others)} ({DEFAULT} is the definition's own "
+                "template and label_words)")
+        elif not isinstance(f, dict) or not isinstance(f.get("template"), str) or set(f) - {"template", "label_words"}:
+            bad(key, f"must be a mapping with a 'template' string and optional 'label_words', got {f!r}")
+        else:
+            _check_template(key + ".template", f["template"], bad)
+            words = f.get("label_words")
+            if words is not None and not (_str_list(words) and len(set(words)) == len(words)):
+                bad(key + ".label_words", f"must be a list of distinct strings, got {words!r}")
+            elif words is not None and label_words is not None and len(words) != len(label_words):
+                bad(key + ".label_words", f"has {len(words)} words for the {len(label_words)} labels {label_words}")
+            else:
+                out[name] = Format(f["template"], tuple(words) if words is not None else None)
+    return out
 
 
 def task_from_dict(d: dict[str, Any], base_dir: str | os.PathLike | None = None,
@@ -253,8 +290,10 @@ def task_from_dict(d: dict[str, Any], base_dir: str | os.PathLike | None = None,
 
 
 def task_definition(task: Task) -> dict[str, Any]:
-    """The mapping :func:`task_from_dict` turns back into ``task`` (absolute data paths); only
-    tasks a definition can express (no ``prepare`` / ``explode`` / ``keep`` / hold-out hooks)."""
+    """The mapping :func:`task_from_dict` turns back into ``task`` (absolute data paths; a task in another
+    text format: its registered record, formats included); only tasks a definition can express (no
+    ``prepare`` / ``explode`` / ``keep`` / hold-out hooks)."""
+    task = task.base or task
     s = task.source
     hooks = [k for k, v in (("prepare", task.prepare), ("explode", s.explode), ("keep", task.keep),
                             ("holdout", task.holdout), ("fields", task.fields), ("hub_filter", s.hub_filter),
@@ -271,6 +310,9 @@ def task_definition(task: Task) -> dict[str, Any]:
     out.update(template=task.template, kind=task.kind.value)
     if task.label_words is not None:
         out["label_words"] = list(task.label_words)
+    if task.formats:
+        out["formats"] = {n: {"template": f.template, **({"label_words": list(f.label_words)} if f.label_words
+                                                        else {})} for n, f in task.formats.items()}
     if task.label_map:
         out["label_map"] = dict(task.label_map)
     out.update(label_field=task.label_field, answers_field=task.answers_field, metrics=list(task.metrics))

@@ -4,9 +4,12 @@ Templates are T5's text-to-text formats ("mnli hypothesis: ... premise: ...")
 and label words T5's (GLUE's label names, Hub ``ClassLabel`` order). Tsv label
 values (``entailment``, ``0``/``1``) map onto the same indices. STS-B is
 regression: the target is the score rounded to the nearest 0.2 ("3.8").
+Other text formats (:mod:`.formats`): ``attempt`` (ATTEMPT's ``tasks.py``, cited
+per task in docs/fidelity.md) and ``natural`` (instructions for decoder-only models).
 """
 
 from .base import Source, Task, TaskKind
+from .formats import Format, attempt, stsb_value_text
 from .registry import register_task
 
 C, R = TaskKind.CLASSIFICATION, TaskKind.REGRESSION
@@ -15,6 +18,13 @@ C, R = TaskKind.CLASSIFICATION, TaskKind.REGRESSION
 def _files(folder: str, **extra: str) -> dict:
     return {"train": f"glue/{folder}/train.tsv", "validation": f"glue/{folder}/dev.tsv",
             "test": f"glue/{folder}/test.tsv", **extra}
+
+
+# natural templates shared with other modules (paraphrase: MRPC, PAWS; entailment: RTE, SuperGLUE RTE, SciTail)
+SAME_MEANING = ("Sentence 1: {sentence1}\nSentence 2: {sentence2}\nDo the two sentences mean the same thing? "
+                "Answer yes or no.\nAnswer:")
+IMPLIES = ("Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise imply the hypothesis? Answer yes or no."
+           "\nAnswer:")
 
 
 def glue(config: str, folder: str, **kw) -> Source:
@@ -30,6 +40,9 @@ MNLI = register_task(Task(
         columns={"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"}),
     template="mnli hypothesis: {hypothesis} premise: {premise}",
     label_words=("entailment", "neutral", "contradiction"),
+    formats={"attempt": attempt("mnli premise: {premise} hypothesis: {hypothesis}", 3),
+             "natural": Format("Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise imply the "
+                               "hypothesis? Answer yes, maybe or no.\nAnswer:", ("yes", "maybe", "no"))},
     split="given", split_map={"train": "train", "dev": "validation_mismatched", "test": "validation_matched"},
     raw_sizes={"train": 392702, "validation_matched": 9815, "validation_mismatched": 9832},
     description="MultiNLI; dev = validation_mismatched, test = validation_matched (as MPT/ATTEMPT)"))
@@ -39,6 +52,9 @@ QQP = register_task(Task(
     source=glue("qqp", "QQP", columns={"label": "is_duplicate"}),
     template="qqp question1: {question1} question2: {question2}",
     label_words=("not_duplicate", "duplicate"), metrics=("accuracy", "f1"),
+    formats={"attempt": attempt("qqp question1: {question1} question2: {question2}", 2),
+             "natural": Format("Question 1: {question1}\nQuestion 2: {question2}\nDo the two questions ask the "
+                               "same thing? Answer yes or no.\nAnswer:", ("no", "yes"))},
     split="large", raw_sizes={"train": 363846, "validation": 40430}))
 
 QNLI = register_task(Task(
@@ -46,6 +62,9 @@ QNLI = register_task(Task(
     source=glue("qnli", "QNLI"),
     template="qnli question: {question} sentence: {sentence}",
     label_words=("entailment", "not_entailment"),
+    formats={"attempt": attempt("qnli question: {question} sentence: {sentence}", 2),
+             "natural": Format("Question: {question}\nSentence: {sentence}\nDoes the sentence answer the "
+                               "question? Answer yes or no.\nAnswer:", ("yes", "no"))},
     split="large", raw_sizes={"train": 104743, "validation": 5463}))
 
 SST2 = register_task(Task(
@@ -53,6 +72,8 @@ SST2 = register_task(Task(
     source=glue("sst2", "SST-2"),
     template="sst2 sentence: {sentence}",
     label_words=("negative", "positive"),
+    formats={"attempt": attempt("sst2 sentence: {sentence}", 2),
+             "natural": Format("sentence: {sentence}\nsentiment:")},
     split="large", raw_sizes={"train": 67349, "validation": 872}), aliases=("sst-2",))
 
 STSB = register_task(Task(
@@ -60,6 +81,7 @@ STSB = register_task(Task(
     source=glue("stsb", "STS-B", columns={"label": "score"}),
     template="stsb sentence1: {sentence1} sentence2: {sentence2}",
     metrics=("pearson", "spearman"),
+    formats={"attempt": attempt("stsb sentence1: {sentence1} sentence2: {sentence2}", value_text=stsb_value_text)},
     split="small", raw_sizes={"train": 5749, "validation": 1500}), aliases=("sts-b",))
 
 MRPC = register_task(Task(
@@ -67,6 +89,8 @@ MRPC = register_task(Task(
     source=glue("mrpc", "MRPC", columns={"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}),
     template="mrpc sentence1: {sentence1} sentence2: {sentence2}",
     label_words=("not_equivalent", "equivalent"), metrics=("accuracy", "f1"),
+    formats={"attempt": attempt("mrpc sentence1: {sentence1} sentence2: {sentence2}", 2),
+             "natural": Format(SAME_MEANING, ("no", "yes"))},
     split="small", raw_sizes={"train": 3668, "validation": 408}))
 
 RTE = register_task(Task(
@@ -74,6 +98,8 @@ RTE = register_task(Task(
     source=glue("rte", "RTE"),
     template="rte sentence1: {sentence1} sentence2: {sentence2}",
     label_words=("entailment", "not_entailment"),
+    formats={"attempt": attempt("rte sentence1: {sentence1} sentence2: {sentence2}", 2),
+             "natural": Format(IMPLIES.format(premise="{sentence1}", hypothesis="{sentence2}"), ("yes", "no"))},
     split="small", raw_sizes={"train": 2490, "validation": 277}))
 
 COLA = register_task(Task(
@@ -83,6 +109,7 @@ COLA = register_task(Task(
                 headerless=("train", "validation")),
     template="cola sentence: {sentence}",
     label_words=("unacceptable", "acceptable"), metrics=("matthews",),
+    formats={"attempt": attempt("cola sentence: {sentence}", 2)},
     split="small", raw_sizes={"train": 8551, "validation": 1043}))
 
 WNLI = register_task(Task(
@@ -90,5 +117,6 @@ WNLI = register_task(Task(
     source=glue("wnli", "WNLI"),
     template="wnli sentence1: {sentence1} sentence2: {sentence2}",
     label_words=("not_entailment", "entailment"),
+    formats={"attempt": attempt("wnli sentence1: {sentence1} sentence2: {sentence2}", 2)},
     split="small", raw_sizes={"train": 635, "validation": 71},
     description="not one of the paper's 23 datasets; here because its original files are at hand"))

@@ -19,6 +19,7 @@ train / dev / test from the raw splits (:mod:`.splits`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -221,7 +222,7 @@ def _missing(v: Any) -> bool:
         (isinstance(v, numbers.Number) and not isinstance(v, bool) and v == -1)
 
 
-def _as_answers(v: Any) -> list[str]:
+def as_answers(v: Any) -> list[str]:
     if v is None:
         return []
     if isinstance(v, dict):  # Hub squad: {"text": [...], "answer_start": [...]}
@@ -244,7 +245,7 @@ def to_example(task: "Task", row: dict, uid: str = "", where: str = "", labeled:
         ex = Example(source=source, target="", uid=uid, task=task.name, choices=choices,
                      group=None if f.get("group") is None else str(f["group"]))
         if task.kind == TaskKind.GENERATION:
-            answers = _as_answers(f.get(task.answers_field))
+            answers = as_answers(f.get(task.answers_field))
             if labeled and not answers:
                 raise DataError(f"{where}: no answers; expected a non-empty {task.answers_field!r}")
             ex.answers, ex.target = answers or None, answers[0] if answers else ""
@@ -258,18 +259,25 @@ def to_example(task: "Task", row: dict, uid: str = "", where: str = "", labeled:
             ex.label = float(value)
             if not math.isfinite(ex.label):
                 raise ValueError(f"label {value!r} is not a finite number")
-            ex.target = f"{round(ex.label * 5) / 5:.1f}"  # T5: nearest 0.2 (half to even), one decimal
+            # T5: nearest 0.2 (half to even), one decimal; a format may say otherwise (ATTEMPT: 0.1)
+            ex.target = task.value_text(ex.label) if task.value_text else f"{round(ex.label * 5) / 5:.1f}"
             return ex
         ex.label = label_id(task, value, choices, where)
         ex.target = (choices or task.label_words)[ex.label]
         if f.get("answers") is not None:
-            ex.answers = _as_answers(f["answers"])
+            ex.answers = as_answers(f["answers"])
         return ex
     except DataError:
         raise
     except (KeyError, ValueError, TypeError, IndexError) as e:
         raise DataError(f"{where}: bad row for task {task.name} ({type(e).__name__}: {e}); expected fields "
                         f"{list(task.required_fields(labeled))}") from None
+
+
+def per_answer(examples: list[Example]) -> list[Example]:
+    """One example per gold answer, each with that answer as its target (``Task.per_answer``: ATTEMPT's
+    ReCoRD, ``tasks.py:731-739``); an example without answers stays as it is."""
+    return [dataclasses.replace(e, target=a) for e in examples for a in (e.answers or [e.target])]
 
 
 def label_id(task: "Task", value: Any, choices: list[str] | None = None, where: str = "") -> int:

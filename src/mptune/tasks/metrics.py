@@ -12,10 +12,12 @@ kind of input it takes:
   MultiRC (answer options grouped by question).
 
 :func:`score` scores a task's predictions with all its metrics: classification
--> ``int`` index into ``task.choices(ex)`` (a generated ``str`` is matched against
-the choices; no match counts as wrong); generation -> the generated ``str``;
-regression -> the generated ``str`` parsed as T5 does (unparsable -> ``-1.0``) or
-a number.
+-> ``int`` index into ``task.choices(ex)`` (rank classification) or the generated
+``str``, matched against the choices by ``match`` (:func:`choice_index`; no match
+is wrong); generation -> the generated ``str``; regression -> the generated ``str``
+parsed as T5 does (unparsable -> ``-1.0``) or a number. It adds ``invalid_rate``:
+the % of predictions the task cannot read (a label matching no choice, a number
+that does not parse; 0 for rank classification and for generation tasks).
 
 scikit-learn / scipy compute accuracy, F1, macro-F1, Matthews correlation,
 Pearson and Spearman; the SQuAD normalisation, EM and F1 follow the official
@@ -34,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
+
+from ..config import Match
 
 if TYPE_CHECKING:
     from .base import Task
@@ -181,7 +185,7 @@ METRICS: dict[str, tuple[Callable[..., float], str]] = {
 }
 
 
-def string_to_float(s: str, default: float = -1.0) -> float:
+def string_to_float(s: str, default: float | None = -1.0) -> float | None:
     """Parse a generated number as T5 does: unparsable text -> ``default`` (-1)."""
     try:
         return float(str(s).strip())
@@ -189,41 +193,46 @@ def string_to_float(s: str, default: float = -1.0) -> float:
         return default
 
 
-def score(task: "Task", examples: list["Example"], predictions: list) -> dict[str, float]:
-    """Every metric of ``task`` (0..100) plus ``score``, the mean of its ``score_metrics``."""
+def score(task: "Task", examples: list["Example"], predictions: list,
+          match: Match = Match.lenient) -> dict[str, float]:
+    """Every metric of ``task`` (0..100), ``score`` (the mean of its ``score_metrics``) and ``invalid_rate``."""
     if len(examples) != len(predictions):
         raise ValueError(f"{task.name}: {len(predictions)} predictions for {len(examples)} examples")
     kind = task.kind.value
     if kind in ("classification", "regression") and any(ex.label is None for ex in examples):
         raise ValueError(f"{task.name}: cannot score unlabeled examples")
     golds = [ex.label for ex in examples]
+    invalid = [False] * len(predictions)
     if kind == "classification":
-        idx = [choice_index(task.choices(ex) or [], p) for ex, p in zip(examples, predictions)]
+        idx = [choice_index(task.choices(ex) or [], p, match) for ex, p in zip(examples, predictions)]
         texts = [task.choices(ex)[i] if i >= 0 else (p if isinstance(p, str) else "")
                  for ex, i, p in zip(examples, idx, predictions)]
+        invalid = [i < 0 for i in idx]
         inputs = {"label": (idx, golds), "group": (idx, golds, [ex.group for ex in examples]),
                   "text": (texts, [ex.answers or [ex.target] for ex in examples])}
     elif kind == "regression":
-        inputs = {"value": ([float(p) if isinstance(p, numbers.Number) else string_to_float(p)
-                             for p in predictions], golds)}
+        values = [float(p) if isinstance(p, numbers.Number) else string_to_float(p, None) for p in predictions]
+        invalid = [v is None for v in values]
+        inputs = {"value": ([-1.0 if v is None else v for v in values], golds)}
     else:
         answers = [ex.answers or ([ex.target] if ex.target else []) for ex in examples]
         inputs = {"text": (["" if p is None else str(p) for p in predictions], answers)}
     out = {m: float(METRICS[m][0](*inputs[METRICS[m][1]])) for m in task.metrics}
     used = task.score_metrics or task.metrics
     out["score"] = sum(out[m] if m in out else METRICS[m][0](*inputs[METRICS[m][1]]) for m in used) / len(used)
+    out["invalid_rate"] = 100.0 * sum(invalid) / len(invalid)
     return out
 
 
-def choice_index(options: list[str], p: Any) -> int:
-    """A prediction -> index into ``options``: an in-range int, or a generated string matching
-    an option (exactly, else ignoring case and surrounding space); -1 otherwise."""
+def choice_index(options: list[str], p: Any, match: Match = Match.lenient) -> int:
+    """A prediction -> index into ``options``: an in-range int, or a generated string equal to an
+    option after stripping space (match=exact, as ATTEMPT), else also ignoring case (lenient); -1 otherwise."""
     if isinstance(p, numbers.Integral) and not isinstance(p, bool):
         return int(p) if 0 <= int(p) < len(options) else -1
     if isinstance(p, str):
         s = p.strip()
-        for cmp in (lambda c: c == s, lambda c: c.strip().lower() == s.lower()):
-            hits = [i for i, c in enumerate(options) if cmp(c)]
-            if hits:
-                return hits[0]
+        hits = [i for i, c in enumerate(options) if c.strip() == s]
+        if not hits and Match(match) == Match.lenient:
+            hits = [i for i, c in enumerate(options) if c.strip().lower() == s.lower()]
+        return hits[0] if hits else -1
     return -1

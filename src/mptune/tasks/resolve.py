@@ -12,6 +12,9 @@ A stage folder keeps the resolved definition of each user task it used as
 ``tasks/<name>.yaml`` (absolute data paths; :func:`save_definitions`), so
 ``evaluate`` / ``predict`` on the folder find the task after the original file
 moved: :func:`resolve_task` with ``folder=`` looks there before the registry.
+Tasks in a text format other than t5 (``data.format``) are listed in
+``tasks/formats.json`` ({task: format}), so a prompt is read back in the format it
+was trained on.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from ..errors import MissingFileError, UnknownNameError
 from . import loading, splits
 from .base import Task
 from .records import Example, TaskKind
+from .formats import DEFAULT
 from .definition import Problem, parse, raise_problems, task_definition, task_from_dict
 from .readers import DataError, get_path, infer_format, read_rows, read_text
 from .registry import get_task
 
 TASK_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 SAVED = "tasks"  # a stage folder's subfolder of resolved definitions
+FORMATS_FILE = "formats.json"  # in SAVED: {task name: text format} for tasks not in t5
 MAX_ROW_PROBLEMS = 5  # per data file; the rest are counted
 
 
@@ -101,7 +106,7 @@ class TaskCheck:
             out.append(f"task: {t.name} ({t.kind.value}, group {t.group}; metrics {', '.join(t.metrics)})")
             if t.label_words:
                 out.append("label words: " + ", ".join(f"{i}={w!r}" for i, w in enumerate(t.label_words)))
-            out.append(f"template: {t.template!r}")
+            out.append(f"template: {t.template!r}" + (f" (format {t.text_format})" if t.text_format != DEFAULT else ""))
             out.append(f"split rule: {self.policy or t.split} ({SPLIT_RULES.get(self.policy or t.split, '')})")
         if self.sizes:
             out.append("paper splits: " + ", ".join(f"{s} {n}" for s, n in self.sizes.items()))
@@ -223,15 +228,30 @@ def saved_definition(folder: str | os.PathLike, name: str) -> Optional[Path]:
     return f if f.is_file() else None
 
 
+def saved_formats(folder: str | os.PathLike) -> dict[str, str]:
+    """{task: text format} a stage folder recorded ({} when none: its tasks used t5)."""
+    f = Path(folder) / SAVED / FORMATS_FILE
+    try:
+        return dict(json.loads(read_text(f))) if f.is_file() else {}
+    except (ValueError, TypeError, DataError) as e:
+        raise DataError(f"{f}: not a {{task: format}} JSON object ({e})") from None
+
+
 def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, folder: str | os.PathLike | None = None,
-                 check_data: bool = True, key: str = "task") -> Task:
-    """A registry name, or a task file (see the module docs) -> Task.
+                 check_data: bool = True, key: str = "task", fmt: str = DEFAULT) -> Task:
+    """A registry name, or a task file (see the module docs) -> Task, in text format ``fmt``
+    (``data.format``; the format ``folder`` recorded for the task wins).
 
     ``folder``: a stage folder whose saved definitions (``tasks/<name>.yaml``) come before
     the registry. ``check_data``: a task file's data is checked whole (every split, every
     row); without it only the definition is. ``key`` names the option in error messages.
     """
-    spec = str(spec).strip()
+    task = _resolve(str(spec).strip(), data_dir, folder, check_data, key)
+    recorded = saved_formats(folder).get(task.name) if folder is not None else None
+    return task.with_format(recorded or fmt)
+
+
+def _resolve(spec: str, data_dir, folder, check_data: bool, key: str) -> Task:
     if is_task_file(spec):
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -254,16 +274,21 @@ def resolve_task(spec: str, data_dir: str | os.PathLike | None = None, folder: s
 
 def is_registered(task: Task) -> bool:
     try:
-        return get_task(task.name) is task
+        return get_task(task.name) is (task.base or task)
     except UnknownNameError:
         return False
 
 
 def save_definitions(folder: str | os.PathLike, tasks: Iterable[Task]) -> list[Path]:
-    """Write ``folder/tasks/<name>.yaml`` for each task that is not the registry's own entry."""
-    from ..utils import atomic_write_text
+    """Write ``folder/tasks/<name>.yaml`` for each task that is not the registry's own entry, and
+    ``tasks/formats.json`` when a task is in a text format other than t5."""
+    from ..utils import atomic_write_json, atomic_write_text
 
-    written = []
+    tasks, written = list(tasks), []
+    if any(t.text_format != DEFAULT for t in tasks):
+        f = Path(folder) / SAVED / FORMATS_FILE
+        atomic_write_json(f, {t.name: t.text_format for t in tasks})
+        written.append(f)
     for t in tasks:
         if is_registered(t):
             continue
@@ -278,7 +303,13 @@ def copy_definitions(src: str | os.PathLike, dst: str | os.PathLike, names: Iter
     """Carry the saved definitions of ``names`` from one folder to another (export / import of a prompt)."""
     import shutil
 
+    from ..utils import atomic_write_json
+
+    names = list(names)
     for n in names:
         if (f := saved_definition(src, n)) is not None:
             (Path(dst) / SAVED).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, Path(dst) / SAVED / f.name)
+    formats = {n: v for n, v in saved_formats(src).items() if n in names}
+    if formats:
+        atomic_write_json(Path(dst) / SAVED / FORMATS_FILE, {**saved_formats(dst), **formats})

@@ -16,12 +16,14 @@ Files are header-less, tab-separated ``id, mean rating, text`` with CRLF line en
 Each domain is one file: ``validation`` is a fixed hold-out (``Task.holdout``,
 :func:`.splits.hold_out`), halved into dev / test by the "small" policy. Templates
 are plain instructions ending in ``Answer:`` / ``Rating:``, suited to a small
-instruction-tuned causal LM. Bad rows name the file and line (the tsv reader's).
+instruction-tuned causal LM, so the ``natural`` format is the same text (ATTEMPT has
+no VADER: ``attempt`` keeps it too). Bad rows name the file and line (the tsv reader's).
 """
 
 from __future__ import annotations
 
 from .base import Source, Task, TaskKind
+from .formats import Format
 from .registry import register_task
 
 NEUTRAL_BAND = 0.5  # |mean rating| below this: dropped from the polarity tasks
@@ -60,16 +62,15 @@ def vader(domain: str, holdout: int) -> tuple[Task, Task]:
     what = WHAT[domain]
     common = dict(group="vader", source=src, fields=("id", "rating", "text"), split="small", holdout=holdout,
                   asset="vader")
+    polar = f"Text: {{text}}\nIs the sentiment of this {what} positive or negative?\nAnswer:"
+    scale = f"Text: {{text}}\nRate the sentiment of this {what} from -4 (very negative) to 4 (very positive).\nRating:"
     polarity = register_task(Task(
-        name=f"vader_{domain}", kind=TaskKind.CLASSIFICATION,
-        template=f"Text: {{text}}\nIs the sentiment of this {what} positive or negative?\nAnswer:",
+        name=f"vader_{domain}", kind=TaskKind.CLASSIFICATION, template=polar, formats={"natural": Format(polar)},
         label_words=("negative", "positive"), prepare=_polarity_prepare, keep=_polar,
         description=f"VADER {what} sentences: polarity of the mean human rating; |rating| < "
                     f"{NEUTRAL_BAND} dropped", **common))
     rating = register_task(Task(
-        name=f"vader_{domain}_rating", kind=TaskKind.REGRESSION,
-        template=f"Text: {{text}}\nRate the sentiment of this {what} from -4 (very negative) to 4 (very "
-                 "positive).\nRating:",
+        name=f"vader_{domain}_rating", kind=TaskKind.REGRESSION, template=scale, formats={"natural": Format(scale)},
         metrics=("pearson", "spearman"), prepare=_rating_prepare,
         description=f"VADER {what} sentences: mean human sentiment rating (-4..4), regression", **common))
     return polarity, rating
