@@ -370,7 +370,8 @@ class Backbone(nn.Module):
         if why is not None:
             log.warning("fast prefix path off for %s: %s; using the plain path", self.name, why)
             return False
-        self._tree_ok = self._probe_tree(prompts.detach(), batch, g)
+        with self.frozen_eval():
+            self._tree_ok = self._probe_tree(prompts.detach(), batch, g)
         return True
 
     @torch.no_grad()
