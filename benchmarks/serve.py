@@ -21,10 +21,12 @@ time of the run. Methods, same requests:
   every position), one request after another.
 * PEFT batched per task: the same, with the same batcher; each batch split by task, one call per task.
 
-The HTTP layer is not in this loop (the tests run it); it adds about a millisecond per
-request against hundreds here. Interleaving: per K, mptune and the floor run --rounds rounds
-(order rotated), their ratio is the median of per-round ratios; PEFT runs once per K with
-fewer requests (it is ~10x slower).
+The engine turns on transformers' TRANSFORMERS_SDPA_FORCE_GQA on CPU, as mptune serve does
+(fastpath.cpu_sdpa_gqa; recorded as setting.sdpa_gqa): every method in this process, PEFT too,
+runs attention on the key/value heads as they are. The HTTP layer is not in this loop (the tests
+run it); it adds about a millisecond per request against hundreds here. Interleaving: per K,
+mptune and the floor run --rounds rounds (order rotated), their ratio is the median of per-round
+ratios; PEFT runs once per K with fewer requests (it is ~10x slower).
 """
 
 from __future__ import annotations
@@ -259,7 +261,8 @@ def main() -> None:
         "model": f"SmolLM2-135M-shaped random Llama ({layers} layers), SmolLM2 tokenizer", "prompt_len": L,
         "inputs": "5-15 made-up words under the SST-2 template, 2 label words", "clients": CLIENTS,
         "max_batch": MAX_BATCH, "max_wait_ms": MAX_WAIT_S * 1000, "requests_per_round": R, "rounds": rounds,
-        "peft_requests": RP, "threads": 2}, "memory": memory, "results": {str(k): v for k, v in results.items()}}
+        "peft_requests": RP, "threads": 2, "sdpa_gqa": engine.adapter.sdpa_gqa}, "memory": memory,
+        "results": {str(k): v for k, v in results.items()}}
     md = markdown(res)
     print(md)
     if a.quick:
@@ -283,6 +286,9 @@ def markdown(res: dict) -> str:
                           zip(r["methods"]["mptune serve"]["runs"], r["methods"]["floor (no prompt)"]["runs"]))
               for key in ("requests_per_s", "requests_per_cpu_s")}
     q = {k: statistics.quantiles(v, n=4) for k, v in pooled.items()}
+    m100 = res["results"]["100"]["methods"]
+    k100 = sorted(m["requests_per_s"] / f["requests_per_s"]
+                  for m, f in zip(m100["mptune serve"]["runs"], m100["floor (no prompt)"]["runs"]))
     load = res["environment"]["load_average_at_start"]
     return "\n".join([
         "# mptune serve: many task prompts on one backbone", "",
@@ -297,7 +303,8 @@ def markdown(res: dict) -> str:
                          "mptune / PEFT one at a time"], ratio_rows), "",
         "## Targets (K = 100 tasks mixed)", "",
         f"* >= 0.9x the floor's throughput: **{'met' if floor_ok else 'not met'}** in this run "
-        f"({r100['mptune / floor throughput']:.2f}x wall, {r100['mptune / floor throughput (CPU time)']:.2f}x CPU time). "
+        f"({r100['mptune / floor throughput']:.2f}x wall, {r100['mptune / floor throughput (CPU time)']:.2f}x CPU time; "
+        f"its {len(k100)} rounds {k100[0]:.2f}-{k100[-1]:.2f}x wall). "
         f"Every round of every K pooled ({len(pooled['requests_per_s'])} rounds, the same work per request): median "
         f"{statistics.median(pooled['requests_per_s']):.2f}x wall, {statistics.median(pooled['requests_per_cpu_s']):.2f}x "
         f"CPU time; single rounds range {pooled['requests_per_s'][0]:.2f}-{pooled['requests_per_s'][-1]:.2f}x wall, "

@@ -4,6 +4,7 @@ and generations as the plain path, for mixed-task padded batches; computed once 
 reused (fastpath.PrefixKV) they give the same again."""
 
 import logging
+import os
 
 import pytest
 import torch
@@ -186,9 +187,11 @@ def test_rows_with_an_empty_source_use_the_plain_path(tiny_llama_dir):
     torch.testing.assert_close(fast(table, batch).logits, plain(table, batch).logits)
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2", "gemma", "llama-eager"])
 def test_rank_scores_match_plain(kind, tiny_llama_dir):
-    fast, plain = _pair(kind, tiny_llama_dir)
+    fast, plain = _pair(kind.removesuffix("-eager"), tiny_llama_dir)
+    if kind.endswith("-eager"):  # the 4D mask is additive, as eager attention adds it
+        fast.model.set_attn_implementation("eager")
     enc = TextEncoder(fast.tokenizer, fast.kind)
     # duplicate sources (same task: shared; other task: not), ragged and multi-token choices
     srcs = [("sst2 sentence: a charming movie", 0), ("sst2 sentence: drags", 1), ("sst2 sentence: a charming movie", 0),
@@ -200,7 +203,7 @@ def test_rank_scores_match_plain(kind, tiny_llama_dir):
     batch, rows = collate_choices(feats, ids, fast.kind, fast.pad_id)
     table = _table(fast).detach()
     got, want = fast.score_choices(table, batch), plain.score_choices(table, batch)
-    assert got.shape == (len(rows),)
+    assert fast.tree_choices and got.shape == (len(rows),)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
@@ -247,9 +250,15 @@ def _rank_batch(bb: Backbone, rank=RANK):
     return feats, ids, collate_choices(feats, ids, bb.kind, bb.pad_id)
 
 
-def test_rank_scores_equal_one_row_per_choice(tiny_llama_dir):
-    """Each source once, its choices against the source's cache == the per-row scores of
-    [prompt ; source ; choice] rows through the plain path (fp32, atol 1e-5)."""
+@pytest.mark.parametrize("layout", ["tree", "tree_gqa", "two_pass"])
+def test_rank_scores_equal_one_row_per_choice(layout, tiny_llama_dir, monkeypatch):
+    """Each source once, its choices against the source's keys/values (tree: all in one row under a
+    4D mask, GQA keys/values repeated per head or not; two_pass, for kernels without 4D masks: the
+    choices against the source's cache) == the per-row scores of [prompt ; source ; choice] rows
+    through the plain path (fp32, atol 1e-5)."""
+    monkeypatch.setenv(fastpath.SDPA_GQA_FLAG, "1" if layout == "tree_gqa" else "0")
+    if layout == "two_pass":
+        monkeypatch.setattr(fastpath, "DENSE_MASK_KERNELS", ())
     fast, plain = _pair("llama", tiny_llama_dir)
     feats, ids, (batch, rows) = _rank_batch(fast)
     assert (batch["attention_mask"] == 0).any() and max(len(c) for ch in ids for c in ch) > 3
@@ -268,9 +277,38 @@ def test_rank_scores_equal_one_row_per_choice(tiny_llama_dir):
     finally:
         h.remove()
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    N, T = batch["labels"].shape
-    # prompts of the 2 tasks, every source once, then every choice's tokens but its last
-    assert seen == [(2, 4), tuple(batch["input_ids"].shape), (N, T - 1)] and N == len(rows) > len(feats)
+    (B, S), (N, T) = batch["input_ids"].shape, batch["labels"].shape
+    assert N == len(rows) > len(feats) == B
+    # prompts of the 2 tasks, then every source once with every choice's tokens but its last:
+    # tree: in one pass, 3 choice blocks (the most choices of an example) of T - 1 slots after each source
+    passes = [(B, S), (N, T - 1)] if layout == "two_pass" else [(B, S + 3 * (T - 1))]
+    assert seen == [(2, 4), *passes]
+
+
+def test_models_ignoring_4d_masks_score_in_two_passes(tiny_llama_dir, monkeypatch, caplog):
+    """The probe compares the one-row layout with plain rows: a model that scored it wrongly (here:
+    made to) ranks in two passes, with the plain path's scores."""
+    tree = fastpath._score_tree
+    monkeypatch.setattr(fastpath, "_score_tree", lambda bb, kv, b: tree(bb, kv, b) + 1.0)
+    fast, plain = _pair("llama", tiny_llama_dir)
+    with caplog.at_level(logging.INFO, logger="mptune.backbone"):
+        assert fast.uses_fast_prefix and not fast.tree_choices
+    assert "takes two passes" in caplog.text
+    _, _, (batch, _) = _rank_batch(fast)
+    table = _table(fast).detach()
+    torch.testing.assert_close(fast.score_choices(table, batch), plain.score_choices(table, batch), atol=1e-5, rtol=0)
+    monkeypatch.setattr(fastpath, "_score_tree", tree)
+    assert _pair("llama", tiny_llama_dir)[0].tree_choices
+
+
+def test_cpu_sdpa_gqa_flag_set_once_unless_the_user_did(monkeypatch):
+    flag = fastpath.SDPA_GQA_FLAG
+    monkeypatch.setenv(flag, "x")  # (so that the test's end restores the environment)
+    monkeypatch.delenv(flag)
+    assert not fastpath.cpu_sdpa_gqa(torch.device("cuda")) and flag not in os.environ
+    assert fastpath.cpu_sdpa_gqa(torch.device("cpu")) and os.environ[flag] == "1"
+    monkeypatch.setenv(flag, "0")  # the user's choice stands
+    assert not fastpath.cpu_sdpa_gqa(torch.device("cpu")) and os.environ[flag] == "0"
 
 
 def test_prompt_keys_values_computed_once_and_reused(tiny_llama_dir):

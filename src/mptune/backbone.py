@@ -11,8 +11,8 @@ Shared-prefix fast path (decoder-only backbones, ``model.fast_prefix``, on by de
 the machinery is in fastpath.py): the prompt is run once per *distinct task in the batch*
 (with gradient) and the text tokens run with its keys/values as a read-only prefix cache.
 Same logits, hidden states and prompt gradients as the plain path, at about the cost of
-the text alone. Rank classification runs each source once and its choices against the
-source's cache; generation decodes greedily from the prefilled cache. :meth:`Backbone.prefix`
+the text alone. Rank classification runs each source once with all its choices in the same
+row (tree attention); generation decodes greedily from the prefilled cache. :meth:`Backbone.prefix`
 turns a prompt table into its keys/values once, for reuse across no-grad batches. The first
 use checks the fast path against the plain path on a tiny probe and falls back (with a
 warning) where a model does not support it (sliding window or hybrid caches, models that
@@ -134,6 +134,7 @@ class Backbone(nn.Module):
         self.keep_dropout = Dropout(dropout) == Dropout.keep
         self.fast_prefix = fast_prefix
         self._fast_ok: Optional[bool] = None  # decided by a probe on first use
+        self._tree_ok = False  # rank classification's one-row layout: decided by the same probe
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
@@ -233,14 +234,16 @@ class Backbone(nn.Module):
                 return TargetOutput(out.logits, labels)
             return TargetOutput(out.logits, labels, out.decoder_hidden_states[-1], out.encoder_last_hidden_state[:, l:])
         out = self.model(inputs_embeds=emb, attention_mask=mask, position_ids=position_ids(mask),
-                         output_hidden_states=hidden, use_cache=False, logits_to_keep=labels.shape[1] + 1)
+                         output_hidden_states=hidden, use_cache=False,
+                         logits_to_keep=fastpath.keep_last(labels.shape[1] + 1, emb.shape[1], emb.device))
         return _row_targets(out, labels, hidden, text_from=l)
 
     def _forward_fast(self, prompts: torch.Tensor, batch: dict, hidden: bool = False) -> TargetOutput:
         kv, rows = fastpath.prompt_kv_for(self, prompts, batch["task_index"])
         labels = batch["labels"]
-        out = fastpath.run_text(self, kv, rows, self.embed(batch["input_ids"]), batch["attention_mask"],
-                                output_hidden_states=hidden, logits_to_keep=labels.shape[1] + 1)
+        ids = batch["input_ids"]
+        out = fastpath.run_text(self, kv, rows, self.embed(ids), batch["attention_mask"], output_hidden_states=hidden,
+                                logits_to_keep=fastpath.keep_last(labels.shape[1] + 1, ids.shape[1], ids.device))
         return _row_targets(out, labels, hidden, text_from=0)  # the output covers the text only
 
     # -- no-grad use: rank classification and generation ----------------------
@@ -316,6 +319,14 @@ class Backbone(nn.Module):
             self._fast_ok = self._probe_fast_prefix()
         return self._fast_ok
 
+    @property
+    def tree_choices(self) -> bool:
+        """Rank classification on the fast path puts each example's choices in its source's row under a
+        4D mask (fastpath.score_choices): the attention kernel takes such masks and the probe found the
+        plain path's scores; else it takes two passes."""
+        return (self.uses_fast_prefix and self._tree_ok
+                and self.model.config._attn_implementation in fastpath.DENSE_MASK_KERNELS)
+
     def _use_fast(self, attention_mask: torch.Tensor, labels: Optional[torch.Tensor] = None) -> bool:
         """Fast path for this batch: every row needs >= 1 source token (its last position predicts the
         first target token; with an empty source that position would be inside the prompt).
@@ -359,7 +370,30 @@ class Backbone(nn.Module):
         if why is not None:
             log.warning("fast prefix path off for %s: %s; using the plain path", self.name, why)
             return False
+        with self.frozen_eval():
+            self._tree_ok = self._probe_tree(prompts.detach(), batch, g)
         return True
+
+    @torch.no_grad()
+    def _probe_tree(self, prompts: torch.Tensor, batch: dict, g: torch.Generator) -> bool:
+        """Check rank classification's one-row layout (a 4D mask) against one plain row per choice on the
+        probe's batch (2, 1 and 1 choices, ragged); False (and a note) where the model ignores such masks."""
+        if self.model.config._attn_implementation not in fastpath.DENSE_MASK_KERNELS:
+            return False
+        labels = torch.randint(0, self.model.get_input_embeddings().num_embeddings, (4, 3), generator=g)
+        labels[[0, 3], 2] = IGNORE
+        b = {**batch, "labels": labels.to(self.device), "row_example": torch.tensor([0, 0, 1, 2], device=self.device)}
+        try:
+            got = fastpath._score_tree(self, fastpath.prompt_kv(self, prompts), b).float()
+            out = self._forward_plain(prompts, self.spec.choice_rows(b, self.pad_id))
+            want = sequence_logprob(out.logits, out.labels)
+            tol = 1e-3 if self.dtype == torch.float32 else 5e-2
+            ok = bool((got - want).abs().max() <= tol * (want.abs().max() + 1.0))
+        except Exception:  # noqa: BLE001 - any failure means: two passes
+            ok = False
+        if not ok:
+            log.info("rank classification on %s takes two passes (it does not take a 4D attention mask)", self.name)
+        return ok
 
 
 def _zero_dropout(model: nn.Module) -> None:

@@ -15,8 +15,10 @@ heads, hd head dim, N choice rows, T target tokens, V vocabulary.
     kv = prompt_kv(bb, prompts)             # prompts [K, l, d] -> PrefixKV, per layer [K, h, l, hd]
     PrefixKV.cat([kv_a, kv_b]), kv.select([i])   # assemble / slice a table of tasks
     score_choices(bb, kv, batch)            # rank classification -> [N] sums of log p(choice tokens)
+                                            #   (each source and all its choices in one row, a tree mask)
     generate_ids(bb, kv, batch, n)          # greedy decoding -> [B, <= n] token ids
     run_text(bb, kv, task_index, embeds, mask)   # any text after its prompt -> HF output
+    cpu_sdpa_gqa(device)                    # a CPU process: HF's sdpa takes GQA keys/values unrepeated
 batch["task_index"] [B] picks each row's prompt in `kv`. Every text row needs >= 1 token
 (Backbone falls back to the plain path otherwise). `bb` is a Backbone (backbone.py).
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -105,6 +108,14 @@ def prompt_kv_for(bb: "Backbone", prompts: torch.Tensor, task_index: torch.Tenso
     return prompt_kv(bb, prompts.index_select(0, tasks)), inv
 
 
+def keep_last(n: int, length: int, device) -> torch.Tensor:
+    """HF's logits_to_keep for the last n of `length` positions, given as positions: HF then gathers the
+    hidden states into a contiguous [B, n, d] copy, which the LM head multiplies as one matrix. (An int
+    keeps a strided view, which torch multiplies by a frozen head as B products, reading the head's
+    weight once per row: ~4x the time on CPU.)"""
+    return torch.arange(max(length - n, 0), length, device=device)
+
+
 def run_text(bb: "Backbone", kv: PrefixKV, task_index: torch.Tensor, embeds: torch.Tensor,
              attention_mask: torch.Tensor, **kw):
     """Text rows embeds [B, S, d] (mask [B, S], left-padded) after their prompts kv.rows(task_index);
@@ -113,14 +124,58 @@ def run_text(bb: "Backbone", kv: PrefixKV, task_index: torch.Tensor, embeds: tor
     return _extend(bb, kv.rows(task_index), embeds, mask, **kw)
 
 
+DENSE_MASK_KERNELS = ("sdpa", "eager")  # attention kernels that take any 4D additive mask
+
+
 @torch.no_grad()
 def score_choices(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
     """Sum of log-probs of every choice's tokens: [N]. batch = kinds' choices layout: sources
     input_ids/attention_mask [B, S], task_index [B]; labels [N, T] right-padded, row_example [N].
+    One row per example under a 4D mask where the backbone takes it (Backbone.tree_choices), else
+    two passes."""
+    return (_score_tree if bb.tree_choices else _score_two_pass)(bb, kv, batch)
 
-    Each source runs once after its prompt (keeping its cache); its last position predicts every
-    choice's first token. The choices' other tokens run together against their source's cache
-    (gathered per choice row): a choice's last token predicts nothing, so it is never run."""
+
+@torch.no_grad()
+def _score_tree(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
+    """One pass, one row per example (tree attention): [source ; choice 0 ; choice 1 ; ...], each choice
+    a block of W = T - 1 slots holding its tokens but the last (which predicts nothing). A 4D mask lets a
+    choice's tokens see the prompt, the real source tokens and the earlier tokens of their own choice,
+    at the positions that follow the source: each choice scores as its own [prompt ; source ; choice]
+    row would, while the prompt's and source's keys/values are shared, never copied per choice."""
+    ids, am, labels, ex = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["row_example"]
+    (B, S), (N, T), l, dev = ids.shape, labels.shape, kv.length, ids.device
+    W = T - 1
+    slot = (torch.nn.functional.one_hot(ex, B).cumsum(0) - 1).gather(1, ex[:, None])[:, 0]  # [N] # in its example
+    C = int(slot.max()) + 1 if N else 0
+    M, Q = C * W, S + C * W
+    real = labels[:, :W] != IGNORE  # [N, W]
+    tok = ids.new_full((B, C, W), bb.pad_id)
+    tok[ex, slot] = labels[:, :W].masked_fill(~real, bb.pad_id)
+    seen = torch.zeros(B, C, W, dtype=torch.bool, device=dev)
+    seen[ex, slot] = real
+    seen = torch.cat([am.bool(), seen.view(B, M)], 1)  # [B, Q] keys that exist
+    group = torch.cat([torch.full((S,), -1, device=dev), torch.arange(C, device=dev).repeat_interleave(W)])  # [Q]
+    col = torch.arange(Q, device=dev)
+    tree = (col[None] <= col[:, None]) & ((group[None] == -1) | (group[None] == group[:, None]))  # [Q, Q]; -1: source
+    see = seen[:, None] & tree | torch.eye(Q, dtype=torch.bool, device=dev)  # [B, Q, Q]; a pad sees itself
+    see = torch.cat([see.new_ones(B, Q, l), see], 2)[:, None]  # [B, 1, Q, l + Q]: every prompt position
+    mask = torch.zeros(see.shape, dtype=bb.dtype, device=dev).masked_fill_(~see, torch.finfo(bb.dtype).min)
+    pos = position_ids(torch.cat([am.new_ones(B, l), am], 1))[:, l:]  # [B, S] as the plain row's
+    pos = torch.cat([pos, pos[:, -1:] + 1 + torch.arange(W, device=dev).repeat(C)], 1)  # [B, Q]
+    out = bb.model(inputs_embeds=bb.embed(torch.cat([ids, tok.view(B, M)], 1)), attention_mask=mask, position_ids=pos,
+                   use_cache=True, logits_to_keep=keep_last(M + 1, Q, dev),
+                   **{_cache_kw(type(bb.model)): _prefix_cache(kv.layers, batch["task_index"])})
+    # logits [B, M + 1, V]: column 0 (the source's last token) predicts every choice's first token,
+    # column 1 + slot * W + t the choice's token t + 1
+    at = torch.cat([ex.new_zeros(N, 1), 1 + slot[:, None] * W + torch.arange(W, device=dev)], 1) + ex[:, None] * (M + 1)
+    return sequence_logprob(out.logits.flatten(0, 1).index_select(0, at.flatten()).view(N, T, -1), labels)
+
+
+def _score_two_pass(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
+    """score_choices without a 4D mask (flash / flex attention kernels take none): each source runs once
+    after its prompt (keeping its cache); its last position predicts every choice's first token. The
+    choices' other tokens run together against their source's cache (gathered per choice row)."""
     from transformers import DynamicCache
 
     ids, am, labels, ex = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["row_example"]
@@ -128,7 +183,8 @@ def score_choices(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
     mask = torch.cat([am.new_ones(B, l), am], dim=1)  # [B, l + S]
     cache = DynamicCache(ddp_cache_data=kv.rows(batch["task_index"]))
     out = bb.model(inputs_embeds=bb.embed(ids), attention_mask=mask, position_ids=position_ids(mask)[:, l:],
-                   use_cache=True, logits_to_keep=1, **{_cache_kw(type(bb.model)): cache})
+                   use_cache=True, logits_to_keep=keep_last(1, ids.shape[1], ids.device),
+                   **{_cache_kw(type(bb.model)): cache})
     logits = out.logits[:, -1:].index_select(0, ex)  # [N, 1, V]: each choice's first token
     if labels.shape[1] > 1:
         cont = labels[:, :-1]  # [N, T - 1]
@@ -154,7 +210,7 @@ def generate_ids(bb: "Backbone", kv: PrefixKV, batch: dict, max_new_tokens: int)
     cache = DynamicCache(ddp_cache_data=kv.rows(batch["task_index"]))
     pos = position_ids(mask)[:, l:]
     out = bb.model(inputs_embeds=bb.embed(ids), attention_mask=mask, position_ids=pos, use_cache=True,
-                   logits_to_keep=1, **{cache_kw: cache})
+                   logits_to_keep=keep_last(1, ids.shape[1], ids.device), **{cache_kw: cache})
     nxt_pos = pos[:, -1:] + 1
     eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else 0
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
@@ -184,6 +240,25 @@ def plain_greedy_config(model) -> bool:
             and not gc.suppress_tokens and not gc.begin_suppress_tokens and gc.forced_bos_token_id is None
             and gc.forced_eos_token_id is None and not gc.min_length and not gc.min_new_tokens
             and not getattr(gc, "sequence_bias", None))
+
+
+SDPA_GQA_FLAG = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+def cpu_sdpa_gqa(device: torch.device) -> bool:
+    """Let HF's sdpa attention hand GQA keys/values [B, h, P, hd] to torch as they are (enable_gqa) when a
+    mask is given, not repeated per query head: HF does so only under TRANSFORMERS_SDPA_FORCE_GQA=1,
+    as CUDA's fused kernels take no mask with GQA; torch's CPU kernel does (the same logits, bit for bit;
+    a prompt's keys/values are not copied h_q / h times per layer). Sets the flag for this process on
+    CPU unless the user set it or torch lacks enable_gqa; returns whether it is on."""
+    if device.type == "cpu" and SDPA_GQA_FLAG not in os.environ:
+        q, kv, mask = torch.zeros(1, 2, 1, 4), torch.zeros(1, 1, 1, 4), torch.ones(1, 1, 1, 1, dtype=torch.bool)
+        try:
+            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, enable_gqa=True)
+        except (TypeError, RuntimeError):  # torch < 2.5
+            return False
+        os.environ[SDPA_GQA_FLAG] = "1"
+    return os.environ.get(SDPA_GQA_FLAG) == "1"
 
 
 def cache_problem(model) -> Optional[str]:
@@ -252,20 +327,32 @@ def _prefix_layer_class():
 
     class PrefixLayer(DynamicLayer):
         """One layer's prefix keys/values, read-only: attention sees [prefix ; new] and nothing is
-        stored, so a gradient-checkpointing replay or another continuation sees the same prefix."""
+        stored, so a gradient-checkpointing replay or another continuation sees the same prefix.
+        keys/values [B, h, P, hd], one per row; or a table [K, h, P, hd] and `index` [B], each row's
+        (no autograd: the rows are gathered straight into [prefix ; new], one copy, not two)."""
 
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, index: Optional[torch.Tensor] = None):
             super().__init__()
             self.keys, self.values, self.device, self.is_initialized = keys, values, keys.device, True
+            self.index = index
 
         def update(self, key_states, value_states, *args, **kwargs):
-            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+            return self._join(self.keys, key_states), self._join(self.values, value_states)
+
+        def _join(self, prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            if self.index is None:
+                return torch.cat([prefix, new], dim=-2)
+            P = prefix.shape[-2]
+            out = new.new_empty(*new.shape[:2], P + new.shape[2], new.shape[3])
+            torch.index_select(prefix, 0, self.index, out=out[:, :, :P])
+            out[:, :, P:] = new
+            return out
 
     return PrefixLayer
 
 
-def _prefix_cache(layers: Layers):
+def _prefix_cache(layers: Layers, index: Optional[torch.Tensor] = None):
     from transformers.cache_utils import Cache
 
     layer = _prefix_layer_class()
-    return Cache(layers=[layer(k, v) for k, v in layers])
+    return Cache(layers=[layer(k, v, index) for k, v in layers])

@@ -13,12 +13,13 @@ from __future__ import annotations
 import torch
 
 from ..backbone import Backbone
-from ..fastpath import PrefixKV
+from ..fastpath import PrefixKV, cpu_sdpa_gqa
 
 
 class PrefixAdapter:
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
+        self.sdpa_gqa = cpu_sdpa_gqa(backbone.device)  # a CPU server: GQA keys/values not repeated per head
 
     @property
     def cached(self) -> bool:
