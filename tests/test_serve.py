@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -296,6 +297,27 @@ def test_malformed_json_and_the_server_lives_on(llama):
     r = s.post("/predict", content=b'{"task": "sst2", "inputs": ["x",')
     assert r.status_code == 400 and r.json()["error"]["field"] == "body" and "malformed JSON" in r.json()["error"]["message"]
     assert s.proc.poll() is None and len(s.predict("sst2", ["still here"])) == 1
+
+
+def test_a_prompt_evaluated_by_generation_is_served_as_predict_answers(llama):
+    """A stage whose eval.mode is generate: the server generates the label and matches it (eval.match),
+    as `mptune predict` on the folder does; an unmatched text is label None, label_index -1."""
+    s, folders, want, root = llama
+    gen = root / "sst2_generate"
+    shutil.copytree(folders["sst2"], gen)
+    cfg = yaml.safe_load((gen / "config.yaml").read_text())
+    (gen / "config.yaml").write_text(yaml.safe_dump({**cfg, "eval": {"mode": "generate", "match": "exact"}}))
+    (root / "gen").mkdir()
+    rows = predict_rows(gen, "sst2", root / "gen")
+    r = s.post("/tasks", {"path": str(gen), "name": "sst2_gen"})
+    assert r.status_code == 201 and r.json()["tasks"][0]["eval_mode"] == "generate", r.text
+    got = s.predict("sst2_gen", INPUTS["sst2"])
+    assert [g["text"] for g in got] == [w["prediction"] for w in rows]
+    assert [g["label_index"] for g in got] == [w["prediction_index"] for w in rows]
+    assert [g["label"] for g in got] == [("negative", "positive")[i] if i >= 0 else None
+                                         for i in (w["prediction_index"] for w in rows)]
+    assert "scores" not in got[0]  # nothing ranked
+    assert s.delete("/tasks/sst2_gen").status_code == 200
 
 
 def test_hot_add_and_remove(llama):

@@ -99,12 +99,16 @@ def _model_for(prompt: str, override: Optional[ModelConfig]) -> ModelConfig:
     raise ConfigError(f"model: no backbone given and {_folder(prompt) / 'config.yaml'} has none; pass model.name=...")
 
 
+def saved_eval(prompt: str | Path) -> EvalConfig:
+    """How the stage that wrote `prompt` evaluated label tasks (its config.yaml `eval`), else rank
+    (e.g. an exported PEFT folder). evaluate, predict and serve all read it here."""
+    saved = _saved(str(prompt), "eval") or {}
+    return parse(EvalConfig, saved, source=str(_folder(str(prompt)) / "config.yaml"))
+
+
 def _eval_for(cfg):
-    """`cfg` with its eval section resolved: given, else the stage's own (the folder's config.yaml), else rank."""
-    if cfg.eval is not None:
-        return cfg
-    saved = _saved(cfg.prompt, "eval") or {}
-    return dataclasses.replace(cfg, eval=parse(EvalConfig, saved, source=str(_folder(cfg.prompt) / "config.yaml")))
+    """`cfg` with its eval section resolved: given, else the stage's own (saved_eval)."""
+    return cfg if cfg.eval is not None else dataclasses.replace(cfg, eval=saved_eval(cfg.prompt))
 
 
 def _setup(prompt: str, model: Optional[ModelConfig], task_name: Optional[str], data: DataConfig,

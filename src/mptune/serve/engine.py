@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -24,6 +24,7 @@ import torch
 from ..data import Feature, TextEncoder, collate_choices, collate_source
 from ..errors import MptuneError
 from ..recipes.evaluate import label_scores
+from ..tasks.metrics import choice_index
 from .prefix import PrefixAdapter, PrefixKV
 from .store import ServedTask
 
@@ -171,18 +172,31 @@ class Engine:
     # -- batches --------------------------------------------------------------
     @torch.no_grad()
     def run(self, items: list[Item]) -> list[dict]:
-        """Outputs for items of any tasks, in order. Items are grouped by output kind and prompt length
-        (rows of one model call share a prompt length); each group is one model call."""
+        """Outputs for items of any tasks, in order. Items are grouped by how they are answered (rank,
+        generated label with its token budget, generated text) and prompt length (rows of one model call
+        share a prompt length); each group is one model call."""
         self.mixed_task_batches += len({it.task.uid for it in items}) > 1
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
-            groups.setdefault((it.task.choices is None, it.task.prompt.shape[0]), []).append(i)
+            groups.setdefault((self._answer(it.task), it.task.prompt.shape[0]), []).append(i)
         out: list[Optional[dict]] = [None] * len(items)
-        for (generate, _), idx in groups.items():
+        for (answer, _), idx in groups.items():
             part = [items[i] for i in idx]
-            for i, o in zip(idx, self._generate(part) if generate else self._classify(part)):
+            if answer == "rank":
+                res = self._classify(part)
+            elif answer == "text":
+                res = [{"text": t} for t in self._generate(part, self.limits.max_new_tokens)]
+            else:  # eval.mode=generate: the label's text, matched as predict does (budget: longest label + EOS)
+                res = [_matched(it.task, t) for it, t in zip(part, self._generate(part, answer))]
+            for i, o in zip(idx, res):
                 out[i] = o
         return out  # type: ignore[return-value]
+
+    def _answer(self, task: ServedTask):
+        """'rank', 'text', or the token budget of a generated label (eval.mode=generate)."""
+        if task.choices is None:
+            return "text"
+        return "rank" if task.ranked else max(len(t) for t in self._choices(task))
 
     def _table(self, part: list[Item]) -> tuple[list[ServedTask], list[int]]:
         """Distinct tasks of the part (first-seen order) and each item's index into them."""
@@ -217,12 +231,12 @@ class Engine:
             out.append({"label": it.task.choices[best], "label_index": best, "scores": ranked})
         return out
 
-    def _generate(self, part: list[Item]) -> list[dict]:
+    def _generate(self, part: list[Item], max_new_tokens: int) -> list[str]:
         tasks, index = self._table(part)
         batch = collate_source([Feature(it.ids, [], k) for it, k in zip(part, index)], self.backbone.kind,
                                self.backbone.pad_id)
         batch = {k: v.to(self.backbone.device) for k, v in batch.items()}
-        return [{"text": t} for t in self.backbone.generate(self._prompts(tasks), batch, self.limits.max_new_tokens)]
+        return self.backbone.generate(self._prompts(tasks), batch, max_new_tokens)
 
     def _prompts(self, tasks: list[ServedTask]):
         """The tasks' resident keys/values as one table (decoder-only), else their prompt table [T, l, d]."""
@@ -238,6 +252,12 @@ class Engine:
         self.cache.forget(tasks)
         for t in tasks:
             self._choice_ids.pop(t.uid, None)
+
+
+def _matched(task: ServedTask, text: str) -> dict:
+    """A generated label: the label it matches (eval.match), or label None and label_index -1 (invalid)."""
+    i = choice_index(task.choices, text, task.how.match)
+    return {"label": task.choices[i] if i >= 0 else None, "label_index": i, "text": text}
 
 
 def _finite(x: float) -> Optional[float]:

@@ -33,10 +33,12 @@ from typing import Callable, Optional
 
 import torch
 
+from ..config import EvalConfig, EvalMode
 from ..errors import MptuneError
 from ..prompts import PromptFileError, load_prompt_module
 from ..prompts.peft_format import CONFIG_FILE as PEFT_CONFIG
 from ..prompts.peft_format import import_peft
+from ..recipes.evaluate import saved_eval
 from ..tasks import Task, TaskKind, resolve_task
 from ..utils import atomic_write_json
 
@@ -64,16 +66,23 @@ class ServedTask:
     prompt: torch.Tensor  # [l, d] float32, CPU
     source: str
     folder: Path
+    how: EvalConfig = field(default_factory=EvalConfig)  # as `mptune predict` on the folder: its stage's eval
     uid: int = field(default_factory=lambda: next(_uids))  # unique per load: a reloaded task gets fresh K/V
 
     @property
     def choices(self) -> Optional[list[str]]:
-        """Label words for rank classification; None for tasks answered with generated text."""
+        """Label words of a classification task; None for tasks answered with generated text."""
         return list(self.task.label_words) if self.task.kind == TaskKind.CLASSIFICATION else None
+
+    @property
+    def ranked(self) -> bool:
+        """Label scores by rank classification (else the label is generated and matched, eval.mode=generate)."""
+        return self.choices is not None and self.how.mode == EvalMode.rank
 
     def info(self) -> dict:
         return {"name": self.name, "task": self.task.name, "kind": self.task.kind.value,
                 "output": "label" if self.choices is not None else "text", "labels": self.choices,
+                "eval_mode": self.how.mode.value if self.choices is not None else None,
                 "template": self.task.template, "prompt_length": int(self.prompt.shape[0]),
                 "source": self.source, "folder": str(self.folder)}
 
@@ -115,6 +124,13 @@ def read_prompts(unit: Path, backbone) -> tuple[list[str], torch.Tensor]:
         return list(meta.tasks), module().detach().float().cpu()
 
 
+def _how(unit: Path) -> EvalConfig:
+    try:
+        return saved_eval(unit)
+    except MptuneError as e:
+        raise StoreError(f"{unit}: {e}", 422, "path") from None
+
+
 def _task(name: str, unit: Path) -> Task:
     """The prompt's task: the definition its folder saved (a user task), else the registry's."""
     folder = unit if unit.is_dir() else unit.parent
@@ -147,7 +163,7 @@ def read_source(path: Path, backbone, name: Optional[str] = None,
             served = [name or names[0]] if len(names) == 1 else [f"{name}/{t}" if name else t for t in names]
             default = names[0] if len(names) == 1 else None
         for k, (task_name, served_name) in enumerate(zip(names, served)):
-            tasks.append(ServedTask(served_name, _task(task_name, unit), table[k].clone(), "", unit))
+            tasks.append(ServedTask(served_name, _task(task_name, unit), table[k].clone(), "", unit, _how(unit)))
     src = source or name or default or re.sub(r"[^A-Za-z0-9_.+\-]", "_", path.stem if path.is_file() else path.name)
     for t in tasks:
         t.source = src
