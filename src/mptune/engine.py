@@ -83,10 +83,12 @@ class Trainer:
                  plan: BatchPlan, make_batch: Callable[[list[int]], dict],
                  loss_fn: Callable[[dict], tuple[torch.Tensor, dict]],
                  evaluate: Optional[Callable[[], Optional[float]]], out_dir: Path, resume: bool = True,
-                 desc: str = "train", backbone: Optional[nn.Module] = None):
+                 desc: str = "train", backbone: Optional[nn.Module] = None,
+                 settings: Optional[dict] = None):
         # backbone: the frozen model the loss runs, put in train mode for the steps like the prompt (what
         # that means is its own business: Backbone.train keeps dropout or checkpointing as configured)
         self.backbone = backbone
+        self.settings = dict(settings or {})  # other sections' keys that change the run ("data.format": ...)
         self.acc, self.cfg, self.plan = accelerator, cfg, plan
         self.make_batch, self.loss_fn, self.evaluate = make_batch, loss_fn, evaluate
         self.out_dir, self.desc = Path(out_dir), desc
@@ -147,7 +149,7 @@ class Trainer:
         return {k: v.detach().cpu().clone() for k, v in self._raw().state_dict().items()}
 
     def _fingerprint(self) -> dict:
-        return {k: getattr(self.cfg, k) for k in RESUME_KEYS}
+        return {**{k: getattr(self.cfg, k) for k in RESUME_KEYS}, **self.settings}
 
     def _rng_all(self) -> tuple[dict[str, torch.Tensor], list[dict]]:
         """Every process's RNG state (a collective when several processes run)."""
@@ -180,7 +182,8 @@ class Trainer:
             return
         path, tensors, state = found
         saved, now = state.get("train", {}), self._fingerprint()
-        diff = {f"train.{k}": (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+        diff = {k if "." in k else f"train.{k}": (saved[k], now[k])  # other sections' keys are dotted already
+                for k in now if k in saved and saved[k] != now[k]}
         # Per-group lrs: loading the optimizer would silently put the checkpoint's back.
         was, lrs = state.get("optimizer", {}).get("param_groups", []), [g["initial_lr"] for g in self._inner_opt().param_groups]
         if len(was) == len(lrs):  # else loading fails below, naming the mismatch

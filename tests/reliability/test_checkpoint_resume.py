@@ -384,3 +384,22 @@ def test_resume_refuses_changed_group_lrs_of_any_trainer(tmp_path):
     assert "param group" not in str(e.value)
     # the same lrs given explicitly still resume
     make(tmp_path / "run", toy_config(), param_groups=groups_of(lr=0.05, name="lr_task"))
+
+
+def test_resume_refuses_another_text_format_or_dropout(tmp_path, tiny_llama_dir, capsys):
+    """data.format changes every example's text and model.dropout the forward: a checkpoint written under
+    one is not continued under the other (the error names the key and both values)."""
+    data = tmp_path / "data"
+    write_glue_rte(data, n_train=24, n_dev=8)
+    run = tmp_path / "run"
+    argv = ["prompt-tune", "task=rte", f"model.name={tiny_llama_dir}", f"data.data_dir={data}", f"output_dir={run}",
+            "prompt.length=4", "train.max_steps=4", "train.batch_size=4", "train.checkpoint_every=2",
+            "train.eval_every=0", "data.eval_limit=4"]
+    assert main(argv) == 0
+    shutil.rmtree(run / "checkpoints" / "step-000000004")  # the newest checkpoint left is step 2
+    for change, said in (("data.format=natural", "data.format=t5 (now natural)"),
+                         ("model.dropout=keep", "model.dropout=off (now keep)")):
+        assert main([*argv, change]) == 2
+        err = capsys.readouterr().err
+        assert "step-000000002" in err and said in err, err
+    assert main(argv) == 0  # the same settings resume

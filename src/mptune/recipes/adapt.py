@@ -186,7 +186,8 @@ def run(cfg: AdaptConfig) -> dict:
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,
                       plan=data.plan(cfg.train.batch_size, cfg.train.seed, cfg.sampling), make_batch=make_batch,
                       loss_fn=loss_fn, evaluate=dev_score if any(data.dev) else None, out_dir=out,
-                      resume=cfg.resume, desc=f"adapt {'+'.join(data.names)}", backbone=backbone)
+                      resume=cfg.resume, desc=f"adapt {'+'.join(data.names)}", backbone=backbone,
+                      settings=common.run_settings(cfg))
     result = trainer.fit()
 
     # -- save --------------------------------------------------------------

@@ -122,6 +122,13 @@ def features(task: Task, examples: Sequence[Example], encoder: TextEncoder, task
     return LazyFeatures(feature_items(task, examples, task_index, label_rows), encoder)
 
 
+def run_settings(cfg) -> dict:
+    """Settings outside `train` that change what a stage computes, for the Trainer's resume check
+    (a checkpoint written under another value is refused, naming the key)."""
+    return {"data.format": str(getattr(cfg.data.format, "value", cfg.data.format)),
+            "model.dropout": str(getattr(cfg.model.dropout, "value", cfg.model.dropout))}
+
+
 def backbone_params(backbone: Backbone) -> int:
     return sum(p.numel() for p in backbone.model.parameters())
 

@@ -230,7 +230,7 @@ def run(cfg: DistillConfig) -> dict:
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=groups, cfg=cfg.train,
                       plan=data.plan(cfg.train.batch_size, cfg.train.seed, cfg.sampling), make_batch=make_batch,
                       loss_fn=loss_fn, evaluate=dev_score, out_dir=out, resume=cfg.resume, desc="distill",
-                      backbone=backbone)
+                      backbone=backbone, settings=common.run_settings(cfg))
     result = trainer.fit()
     if tcache is not None:
         tcache.flush()

@@ -91,7 +91,8 @@ def run(cfg: PromptTuneConfig) -> dict:
     trainer = Trainer(accelerator=acc, module=prompt, param_groups=[{"params": list(prompt.parameters())}],
                       cfg=cfg.train, plan=ShuffledBatches(len(feats), cfg.train.batch_size, cfg.train.seed),
                       make_batch=make_batch, loss_fn=loss_fn, evaluate=dev_score if dev else None,
-                      out_dir=out, resume=cfg.resume, desc=f"prompt-tune {task.name}", backbone=backbone)
+                      out_dir=out, resume=cfg.resume, desc=f"prompt-tune {task.name}", backbone=backbone,
+                      settings=common.run_settings(cfg))
     result = trainer.fit()
 
     # -- save --------------------------------------------------------------
