@@ -79,7 +79,7 @@ def predict(backbone: Backbone, prompts: Callable[[], torch.Tensor], task: Task,
                 preds = [(int(x.argmax()), x.tolist()) if with_scores else int(x.argmax()) for x in per]
             else:
                 batch = collate_source(feats, backbone.kind, backbone.pad_id)
-                budget = max(len(t) for row in ids for t in row) if classify else max_new  # longest label + EOS
+                budget = label_budget([t for row in ids for t in row]) if classify else max_new
                 preds = backbone.generate(prefix, _to(batch, backbone.device), budget)
             for j, p in zip(js, preds):
                 out[j] = p
@@ -87,6 +87,12 @@ def predict(backbone: Backbone, prompts: Callable[[], torch.Tensor], task: Task,
     if world > 1:
         out = gather_in_order(mine, out, len(examples))
     return out
+
+
+def label_budget(label_ids: Sequence[Sequence[int]]) -> int:
+    """New tokens a generated label may take (eval.mode=generate): the longest label's target tokens, EOS
+    included; a longer output could not equal any label."""
+    return max(len(t) for t in label_ids)
 
 
 def gather_in_order(mine: list[int], preds: list, n: int) -> list:

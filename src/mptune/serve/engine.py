@@ -23,6 +23,7 @@ import torch
 
 from ..data import Feature, TextEncoder, collate_choices, collate_source
 from ..errors import MptuneError
+from ..evaluation import label_budget
 from ..recipes.evaluate import label_scores
 from ..tasks.metrics import choice_index
 from .prefix import PrefixAdapter, PrefixKV
@@ -196,7 +197,7 @@ class Engine:
         """'rank', 'text', or the token budget of a generated label (eval.mode=generate)."""
         if task.choices is None:
             return "text"
-        return "rank" if task.ranked else max(len(t) for t in self._choices(task))
+        return "rank" if task.ranked else label_budget(self._choices(task))
 
     def _table(self, part: list[Item]) -> tuple[list[ServedTask], list[int]]:
         """Distinct tasks of the part (first-seen order) and each item's index into them."""
