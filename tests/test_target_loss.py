@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mptune.backbone import LabelScores, load_backbone, sequence_logprob
+from mptune.backbone import LabelScores, TargetOutput, load_backbone, sequence_logprob
 from mptune.config import ModelConfig
 from mptune.data import TextEncoder, collate
 from mptune.losses import DistillLoss, TokenNLL, label_nll
@@ -81,3 +81,72 @@ def test_vocab_loss_ignores_label_rows_and_teachers_skip_them(setup):
         loss, terms = DistillLoss(0.5, hidden=False, target_loss="labels")(out, teacher)
         torch.testing.assert_close(terms["plm"], TokenNLL("mean", "labels")(out))
         torch.testing.assert_close(loss, terms["plm"] + 0.5 * terms["kl"])
+
+
+def _reference(bb, enc, prompt, examples):
+    """Each label string alone, one plain row each: -log softmax over the strings' summed log-probs."""
+    out = []
+    for s, ch, gold, k in examples:
+        rows = [bb._forward_plain(prompt, collate([enc.feature(s, c, k)], bb.kind, bb.pad_id)) for c in ch]
+        lp = torch.stack([sequence_logprob(r.logits, r.labels)[0] for r in rows])
+        out.append(-torch.log_softmax(lp, 0)[gold])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("tree", [True, False])
+def test_labels_only_batches_skip_the_vocabulary_pass(setup, tree):
+    """vocab=False on a batch whose every example has label rows: no vocabulary logits, the same loss and
+    prompt gradient as one plain row per label string (decoder-only: one tree-masked row per example where
+    the backbone takes 4D masks, `tree`; else the label rows)."""
+    bb, enc, prompt = setup
+    examples = [e for e in EXAMPLES if e[1] is not None]
+    feats = [enc.feature(s, ch[gold], k, ch, gold) for s, ch, gold, k in examples]
+    batch = collate(feats, bb.kind, bb.pad_id)
+    was = bb._tree_ok
+    bb._tree_ok = was and tree
+    try:
+        assert bb.tree_choices == (bb.kind == "causal" and tree)  # T5 never: no shared prefix
+        prompt.grad = None
+        out = bb(prompt, batch, vocab=False)
+        assert out.logits is None and out.label_scores is not None
+        got = TokenNLL("mean", "labels")(out)
+        got.sum().backward()
+        grad, prompt.grad = prompt.grad.clone(), None
+        ref = _reference(bb, enc, prompt, examples)
+        ref.sum().backward()
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(grad, prompt.grad, atol=1e-5, rtol=1e-4)
+        assert grad.abs().sum() > 0
+    finally:
+        bb._tree_ok, prompt.grad = was, None
+
+
+def test_vocab_false_keeps_the_vocabulary_pass_for_examples_without_label_rows(setup):
+    bb, enc, prompt = setup
+    with torch.no_grad():
+        batch = collate(_features(enc), bb.kind, bb.pad_id)  # the QA example has no label rows
+        out = bb(prompt, batch, vocab=False)
+        assert out.logits is not None
+        torch.testing.assert_close(TokenNLL("mean", "labels")(out), TokenNLL("mean", "labels")(bb(prompt, batch)))
+    with pytest.raises(ValueError, match="no vocabulary logits"):  # the vocabulary loss cannot use label scores
+        TokenNLL("mean")(TargetOutput(None, batch["labels"], label_scores=out.label_scores))
+
+
+def test_one_row_label_scores_under_gradient_checkpointing(tiny_llama_dir):
+    """The tree-masked label pass keeps the read-only prompt cache through checkpointed layers: the same
+    loss and prompt gradient as without checkpointing."""
+    grads = []
+    for gc in (False, True):
+        bb = load_backbone(ModelConfig(name=str(tiny_llama_dir), gradient_checkpointing=gc))
+        bb.train()
+        enc = TextEncoder(bb.tokenizer, bb.kind)
+        prompt = torch.nn.Parameter(torch.randn(3, 4, bb.hidden_size, generator=torch.Generator().manual_seed(0)))
+        feats = [enc.feature(s, ch[gold], k, ch, gold) for s, ch, gold, k in EXAMPLES if ch is not None]
+        out = bb(prompt, collate(feats, bb.kind, bb.pad_id), vocab=False)
+        assert bb.tree_choices and out.logits is None
+        loss = TokenNLL("mean", "labels")(out)
+        loss.sum().backward()
+        grads.append((loss.detach(), prompt.grad))
+        assert not any("_can_checkpoint_with_cache" in vars(m) for m in bb.model.modules())
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-5, rtol=1e-4)

@@ -49,7 +49,7 @@ from .config import Dropout, ModelConfig
 from .errors import MissingFileError
 from .fastpath import PrefixKV
 from .kinds import IGNORE, ModelKind, position_ids, sequence_logprob, spec_for  # noqa: F401 (re-exported)
-from .kinds import CHOICE, label_rows
+from .kinds import CHOICE, label_rows, pad
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class TargetOutput:
     label_scores: the batch's label rows scored (train.target_loss=labels), or None.
     """
 
-    logits: torch.Tensor
+    logits: Optional[torch.Tensor]  # None when only label scores were asked for (Backbone.forward, vocab=False)
     labels: torch.Tensor
     hidden: Optional[torch.Tensor] = None
     source_hidden: Optional[torch.Tensor] = None
@@ -205,22 +205,55 @@ class Backbone(nn.Module):
 
     # -- teacher-forced forward --------------------------------------------
     def forward(self, prompts: torch.Tensor, batch: dict, hidden: bool = False,
-                with_labels: bool = True) -> TargetOutput:
+                with_labels: bool = True, vocab: bool = True) -> TargetOutput:
         """Teacher-forced pass; returns target-aligned logits (and hidden states if asked), and, when the
-        batch carries label rows and `with_labels`, their scores (a second pass over those rows)."""
-        # (every row its own task, e.g. batch size 1: nothing to share, one pass is cheaper than two;
-        # dropout kept and active: each row draws its own masks, see the module docstring)
-        dropout_on = self.keep_dropout and self.model.training
-        if (not dropout_on and self._use_fast(batch["attention_mask"], batch["labels"])
-                and torch.unique(batch["task_index"]).numel() < batch["task_index"].numel()):
+        batch carries label rows and `with_labels`, their scores (:meth:`label_scores`).
+        `vocab=False`: the caller reads only the label scores of examples that have label rows
+        (train.target_loss=labels); when every example has them, the pass over the vocabulary is
+        skipped and `logits` is None."""
+        rows = label_rows(batch) if with_labels else None
+        if rows is not None and not vocab and not hidden and _every_example_has_rows(batch):
+            return TargetOutput(None, batch["labels"], label_scores=self.label_scores(prompts, batch))
+        if self._teacher_forcing_fast(batch):
             out = self._forward_fast(prompts, batch, hidden)
         else:
             out = self._forward_plain(prompts, batch, hidden)
-        rows = label_rows(batch) if with_labels else None
         if rows is not None:
+            out.label_scores = self.label_scores(prompts, batch)
+        return out
+
+    def _teacher_forcing_fast(self, batch: dict) -> bool:
+        """Teacher forcing on the shared-prefix path: not with dropout active (each row draws its own
+        masks, see the module docstring), not when every row is its own task (nothing to share: one pass
+        is cheaper than two), and every row needs a source token (_use_fast)."""
+        dropout_on = self.keep_dropout and self.model.training
+        return (not dropout_on and self._use_fast(batch["attention_mask"], batch["labels"])
+                and torch.unique(batch["task_index"]).numel() < batch["task_index"].numel())
+
+    def label_scores(self, prompts: torch.Tensor, batch: dict) -> LabelScores:
+        """The summed log-prob of every (example, label string) row of a teacher-forcing batch, with grad.
+        Where rank classification takes one row per example (tree_choices), so does this: each example's
+        label strings share its source's pass (fastpath.score_tree); else one teacher-forced row per label."""
+        rows = label_rows(batch)
+        if self.tree_choices and self._teacher_forcing_fast(batch):
+            choices = self._choices_of(batch)
+            kv, idx = fastpath.prompt_kv_for(self, prompts, choices["task_index"])
+            logprob = fastpath.score_tree(self, kv, {**choices, "task_index": idx})
+        else:
             r = self.forward(prompts, rows)
-            out.label_scores = LabelScores(sequence_logprob(r.logits, r.labels), batch[CHOICE + "example"],
-                                           batch[CHOICE + "gold"])
+            logprob = sequence_logprob(r.logits, r.labels)
+        return LabelScores(logprob, batch[CHOICE + "example"], batch[CHOICE + "gold"])
+
+    def _choices_of(self, batch: dict) -> dict:
+        """A decoder-only teacher-forcing batch with label rows in rank classification's layout: the
+        sources once (each row without its target), the label strings right-padded, row_example."""
+        n_target = (batch["labels"] != IGNORE).sum(1).tolist()
+        src = [ids[m.bool()].tolist()[: int(m.sum()) - n]
+               for ids, m, n in zip(batch["input_ids"], batch["attention_mask"], n_target)]
+        out = self.spec._sources(src, batch["task_index"].tolist(), self.pad_id)
+        out["labels"] = pad([r[r != IGNORE].tolist() for r in batch[CHOICE + "labels"]], IGNORE, left=False)
+        out = {k: v.to(self.device) for k, v in out.items()}
+        out["row_example"] = batch[CHOICE + "example"]
         return out
 
     def _forward_plain(self, prompts: torch.Tensor, batch: dict, hidden: bool = False) -> TargetOutput:
@@ -394,6 +427,11 @@ class Backbone(nn.Module):
         if not ok:
             log.info("rank classification on %s takes two passes (it does not take a 4D attention mask)", self.name)
         return ok
+
+
+def _every_example_has_rows(batch: dict) -> bool:
+    n = batch["labels"].shape[0]
+    return bool(torch.zeros(n, dtype=torch.bool).index_fill(0, batch[CHOICE + "example"].cpu(), True).all())
 
 
 def _zero_dropout(model: nn.Module) -> None:

@@ -138,11 +138,16 @@ def score_choices(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def _score_tree(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
+    return score_tree(bb, kv, batch)
+
+
+def score_tree(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
     """One pass, one row per example (tree attention): [source ; choice 0 ; choice 1 ; ...], each choice
     a block of W = T - 1 slots holding its tokens but the last (which predicts nothing). A 4D mask lets a
     choice's tokens see the prompt, the real source tokens and the earlier tokens of their own choice,
     at the positions that follow the source: each choice scores as its own [prompt ; source ; choice]
-    row would, while the prompt's and source's keys/values are shared, never copied per choice."""
+    row would, while the prompt's and source's keys/values are shared, never copied per choice.
+    Differentiable (the label-restricted training loss calls it with grad through `kv`)."""
     ids, am, labels, ex = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["row_example"]
     (B, S), (N, T), l, dev = ids.shape, labels.shape, kv.length, ids.device
     W = T - 1
@@ -163,9 +168,11 @@ def _score_tree(bb: "Backbone", kv: PrefixKV, batch: dict) -> torch.Tensor:
     mask = torch.zeros(see.shape, dtype=bb.dtype, device=dev).masked_fill_(~see, torch.finfo(bb.dtype).min)
     pos = position_ids(torch.cat([am.new_ones(B, l), am], 1))[:, l:]  # [B, S] as the plain row's
     pos = torch.cat([pos, pos[:, -1:] + 1 + torch.arange(W, device=dev).repeat(C)], 1)  # [B, Q]
-    out = bb.model(inputs_embeds=bb.embed(torch.cat([ids, tok.view(B, M)], 1)), attention_mask=mask, position_ids=pos,
-                   use_cache=True, logits_to_keep=keep_last(M + 1, Q, dev),
-                   **{_cache_kw(type(bb.model)): _prefix_cache(kv.layers, batch["task_index"])})
+    checkpointing = bb.gradient_checkpointing and bb.model.training and torch.is_grad_enabled()
+    with _checkpoint_with_cache(bb, checkpointing):
+        out = bb.model(inputs_embeds=bb.embed(torch.cat([ids, tok.view(B, M)], 1)), attention_mask=mask,
+                       position_ids=pos, use_cache=not checkpointing, logits_to_keep=keep_last(M + 1, Q, dev),
+                       **{_cache_kw(type(bb.model)): _prefix_cache(kv.layers, batch["task_index"])})
     # logits [B, M + 1, V]: column 0 (the source's last token) predicts every choice's first token,
     # column 1 + slot * W + t the choice's token t + 1
     at = torch.cat([ex.new_zeros(N, 1), 1 + slot[:, None] * W + torch.arange(W, device=dev)], 1) + ex[:, None] * (M + 1)
@@ -329,7 +336,7 @@ def _prefix_layer_class():
         """One layer's prefix keys/values, read-only: attention sees [prefix ; new] and nothing is
         stored, so a gradient-checkpointing replay or another continuation sees the same prefix.
         keys/values [B, h, P, hd], one per row; or a table [K, h, P, hd] and `index` [B], each row's
-        (no autograd: the rows are gathered straight into [prefix ; new], one copy, not two)."""
+        (without grad the rows are gathered straight into [prefix ; new], one copy, not two)."""
 
         def __init__(self, keys: torch.Tensor, values: torch.Tensor, index: Optional[torch.Tensor] = None):
             super().__init__()
@@ -342,6 +349,8 @@ def _prefix_layer_class():
         def _join(self, prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
             if self.index is None:
                 return torch.cat([prefix, new], dim=-2)
+            if torch.is_grad_enabled() and (prefix.requires_grad or new.requires_grad):  # training: autograd's way
+                return torch.cat([prefix.index_select(0, self.index), new], dim=-2)
             P = prefix.shape[-2]
             out = new.new_empty(*new.shape[:2], P + new.shape[2], new.shape[3])
             torch.index_select(prefix, 0, self.index, out=out[:, :, :P])

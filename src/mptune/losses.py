@@ -60,13 +60,23 @@ class TokenNLL(nn.Module):
         super().__init__()
         self.reduction, self.target_loss = Reduction(token_reduction), TargetLoss(target_loss)
 
+    @property
+    def needs_vocab(self) -> bool:
+        """Whether the vocabulary logits are read for examples with label rows (Backbone.forward's `vocab`)."""
+        return self.target_loss == TargetLoss.vocab
+
     def forward(self, out: TargetOutput) -> torch.Tensor:
-        logits, labels = out.logits.float(), out.labels
-        nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")  # [B, T]
+        labels = out.labels
+        restricted = self.target_loss == TargetLoss.labels and out.label_scores is not None
+        if out.logits is None:  # Backbone.forward(vocab=False) with label rows for every example
+            if not restricted:
+                raise ValueError("TokenNLL: no vocabulary logits, and no label scores to use instead")
+            return label_nll(out.label_scores, labels.shape[0])[0]
+        nll = F.cross_entropy(out.logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")  # [B, T]
         nll = _per_example(nll, _mask(labels), self.reduction)
-        if self.target_loss == TargetLoss.labels and out.label_scores is not None:
-            restricted, has = label_nll(out.label_scores, nll.shape[0])
-            nll = torch.where(has, restricted, nll)
+        if restricted:
+            label, has = label_nll(out.label_scores, nll.shape[0])
+            nll = torch.where(has, label, nll)
         return nll
 
 

@@ -176,7 +176,7 @@ def run(cfg: AdaptConfig) -> dict:
         return {k: v.to(acc.device) for k, v in b.items()}
 
     def loss_fn(batch: dict):
-        return nll(backbone(trainer.module(), batch)), {}
+        return nll(backbone(trainer.module(), batch, vocab=nll.needs_vocab)), {}
 
     def dev_score():
         return dev_average(backbone, trainer.module, data, encoder, cfg.train.eval_batch_size, acc,

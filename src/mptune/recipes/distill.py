@@ -213,7 +213,7 @@ def run(cfg: DistillConfig) -> dict:
             return (full_kl(s.logits.detach(), run_teacher(batch).logits, s.labels) - bucket_kl.detach()).mean().item()
 
     def loss_fn(batch: dict):
-        s = backbone(trainer.module(), batch, hidden=distilling and dc.hidden)
+        s = backbone(trainer.module(), batch, hidden=distilling and dc.hidden, vocab=distilling or loss.nll.needs_vocab)
         total, terms = loss(s, teacher(batch) if distilling else None,
                             batch["attention_mask"] if at_source else None)
         logs = {k: v.mean().item() for k, v in terms.items()}

@@ -82,7 +82,7 @@ def run(cfg: PromptTuneConfig) -> dict:
         return {k: v.to(acc.device) for k, v in b.items()}
 
     def loss_fn(batch: dict):
-        return nll(backbone(trainer.module(), batch)), {}
+        return nll(backbone(trainer.module(), batch, vocab=nll.needs_vocab)), {}
 
     def dev_score() -> float:
         return score(trainer.module)
