@@ -216,3 +216,21 @@ def test_definition_round_trip(tmp_path):
     assert task_from_dict(task_definition(t)) == t
     with pytest.raises(ValueError, match="cannot express"):
         task_definition(get_task("record"))  # a prepare hook has no definition key
+
+
+def test_one_file_with_a_holdout(tmp_path, capsys):
+    """files {all} + holdout: a seeded hold-out becomes the validation split, then the split rule applies;
+    the definition round-trips; misuse names the key."""
+    f = write_task(tmp_path, n=(40, 0, 0), files={"all": "train.jsonl"}, holdout=10, split="small")
+    assert main(["tasks", f"check={f}"]) == 0
+    out = capsys.readouterr().out
+    assert "paper splits: train 30, dev 5, test 5" in out and "problems: none" in out
+    t = load_task_file(f).task
+    assert t.holdout == 10 and task_from_dict(task_definition(t)) == t
+    for i, (extra, key) in enumerate((({"holdout": None}, "holdout"), ({"holdout": 1}, "holdout"),
+                       ({"files": {"all": "train.jsonl", "test": "test.jsonl"}}, "files"),
+                       ({"files": {"train": "train.jsonl", "validation": "dev.jsonl"}}, "holdout"))):
+        g = write_task(tmp_path / f"bad{i}", n=(40, 4, 4),
+                       **{"files": {"all": "train.jsonl"}, "holdout": 10, "split": "small", **extra})
+        report = load_task_file(g, check_data=False)
+        assert report.task is None and any(p.key == key for p in report.problems), (extra, report.problems)

@@ -39,7 +39,10 @@ from .readers import FORMATS, infer_format
 
 USER_KEYS = {
     "name": "task name: letters, digits, _ or - (names the stage folders and prediction files)",
-    "files": "mapping split -> file: {train, dev, test} (paper splits as given) or {train, validation[, test]}",
+    "files": "mapping split -> file: {train, dev, test} (paper splits as given), {train, validation[, test]}, "
+             "or {all} with holdout (a set released as one file)",
+    "holdout": "with files {all}: rows held out (seeded, whole groups) as the validation split; the split rule "
+               "then applies to train = the rest",
     "template": "str.format template over the columns, e.g. 'review: {text}'",
     "kind": "classification | regression | generation (default: classification with label_words, else generation)",
     "label_words": "verbalizers, index = label id",
@@ -60,7 +63,7 @@ USER_KEYS = {
     "config": "Hub config name",
     "description": "free text",
 }
-FILE_SPLITS = ("train", "dev", "validation", "test")
+FILE_SPLITS = ("train", "dev", "validation", "test", "all")
 _DEFAULT_METRICS = {TaskKind.CLASSIFICATION: ("accuracy",), TaskKind.REGRESSION: ("pearson", "spearman"),
                     TaskKind.GENERATION: ("squad_em", "squad_f1")}
 
@@ -189,6 +192,7 @@ def parse(d: Any, base_dir: str | os.PathLike | None = None, data_dir: str | os.
         elif v is not None and (unknown := [m for m in v if m not in M.METRICS]):
             bad(k, f"unknown metric(s) {unknown}; valid: {', '.join(sorted(M.METRICS))}")
 
+    holdout = d.get("holdout")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     ddir = Path(data_dir).expanduser() if data_dir not in (None, "") else None
     files: dict[str, str] = {}
@@ -210,7 +214,16 @@ def parse(d: Any, base_dir: str | os.PathLike | None = None, data_dir: str | os.
         rule = split or ("given" if "dev" in raw_files else "auto")
         need = ("train", "dev", "test") if rule == "given" else ("train", "validation")
         missing = [s for s in need if s not in raw_files]
-        if missing:
+        if "all" in raw_files:  # one file: the hold-out makes train / validation, then the rule applies
+            if len(raw_files) > 1 or rule == "given":
+                bad("files", "'all' is the whole set in one file: give no other split files, and a split rule "
+                    "other than 'given'")
+            if not (isinstance(holdout, int) and not isinstance(holdout, bool) and holdout >= 2):
+                bad("holdout", f"files {{all}} needs holdout: the number of rows (>= 2) held out as validation, "
+                    f"got {holdout!r}")
+        elif holdout is not None:
+            bad("holdout", "only with files {all} (a set released as one file)")
+        elif missing:
             bad("files", f"the split rule {rule!r} needs files for {list(need)}; missing {missing}"
                 + (" (or give dev and test files: split rule 'given')" if rule != "given" else ""))
     if problems:
@@ -230,7 +243,7 @@ def parse(d: Any, base_dir: str | os.PathLike | None = None, data_dir: str | os.
                     label_field=d.get("label_field", "label"), answers_field=d.get("answers_field", "answers"),
                     label_map={str(k): v for k, v in (lm or {}).items()}, split=split,
                     split_map={s: s for s in splits.PAPER_SPLITS} if split == "given" else {},
-                    description=str(d.get("description", "")), formats=formats)
+                    description=str(d.get("description", "")), formats=formats, holdout=holdout)
     except ValueError as e:  # what only the record checks (a metric that does not fit the kind ...)
         bad("metrics" if "metrics" in d or "score_metrics" in d else "", str(e))
         return None, problems
@@ -292,11 +305,11 @@ def task_from_dict(d: dict[str, Any], base_dir: str | os.PathLike | None = None,
 def task_definition(task: Task) -> dict[str, Any]:
     """The mapping :func:`task_from_dict` turns back into ``task`` (absolute data paths; a task in another
     text format: its registered record, formats included); only tasks a definition can express (no
-    ``prepare`` / ``explode`` / ``keep`` / hold-out hooks)."""
+    ``prepare`` / ``explode`` / ``keep`` hooks)."""
     task = task.base or task
     s = task.source
     hooks = [k for k, v in (("prepare", task.prepare), ("explode", s.explode), ("keep", task.keep),
-                            ("holdout", task.holdout), ("fields", task.fields), ("hub_filter", s.hub_filter),
+                            ("fields", task.fields), ("hub_filter", s.hub_filter),
                             ("hub_splits", s.hub_splits), ("hub_kwargs", s.hub_kwargs)) if v]
     if hooks or any(not isinstance(p, str) for p in s.files.values()) or isinstance(s.headerless, tuple):
         raise ValueError(f"task {task.name}: a definition file cannot express {hooks or 'candidate file lists'}")
@@ -327,6 +340,8 @@ def task_definition(task: Task) -> dict[str, Any]:
     if s.fieldnames:
         out["fieldnames"] = list(s.fieldnames)
     out.update(split=task.split, group=task.group)
+    if task.holdout is not None:
+        out["holdout"] = task.holdout
     if task.description:
         out["description"] = task.description
     return out
