@@ -67,7 +67,7 @@ def test_init_scores_render_adds_the_average_without_controls():
 
 # -- run.py --collect-only re-collects the committed results byte for byte -------------------------
 
-COMMITTED = sorted(HERE.glob("**/results.json"))
+COMMITTED = sorted(p for p in HERE.glob("**/results.json") if '"source_stages_test"' in p.read_text())  # run.py's
 
 
 def _stage_folders(root: Path, res: dict, legacy: bool) -> None:
@@ -142,3 +142,48 @@ def test_collect_only_describes_a_run_that_used_a_newer_option(tmp_path, monkeyp
     new = json.loads((tmp_path / "results.json").read_text())
     assert new["config"]["target_train"]["test_limit"] == 100 and new["results"] == res["results"]
     assert "test_limit" not in res["config"]["target_train"]
+
+
+# -- v2/report.py on a tiny pipeline run ---------------------------------------------------------
+
+def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, tiny_llama_dir):
+    import json
+
+    import yaml
+
+    from mptune.cli import main
+    from synthetic import write_all
+
+    steps = {"max_steps": 4, "batch_size": 4, "eval_every": 2, "eval_limit": 4, "eval_batch_size": 8}
+    cfg = {"model": {"name": str(tiny_llama_dir)}, "sources": ["rte", "squad"], "targets": ["rte", "stsb"],
+           "output_dir": str(tmp_path / "run"), "methods": ["pt", "spot", "mpt"], "seeds": [1, 2],
+           "prompt": {"length": 4}, "data": {"data_dir": str(write_all(tmp_path / "data")), "max_source_length": 40,
+                                             "max_target_length": 6, "eval_limit": 8},
+           "teacher_train": steps, "source_train": steps, "target_train": steps}
+    f = tmp_path / "pipeline.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(f)]) == 0
+    report = _load("v2/report")
+    assert report.main(["--config", str(f), "--results", str(tmp_path / "out"), "--resamples", "50",
+                        "--controls", "stsb"]) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["n_test"] == {"rte": 8, "stsb": 8} and res["controls"] == ["stsb"]
+    teachers = {t["task"]: t for t in res["teachers"]}
+    assert teachers["rte"]["trivial_is"] == "majority class" and 50 <= teachers["rte"]["trivial"] <= 100
+    assert teachers["squad"]["trivial_is"] == "empty answer" and teachers["squad"]["trivial"] == 0
+    full = res["settings"]["full"]
+    assert [(c["a"], c["b"]) for c in full["claims"]] == [("mpt", "pt"), ("mpt", "spot")]
+    for c in full["claims"]:
+        iv = c["average"]
+        assert c["runs"] == 2 and c["average_over"] == ["rte"] and set(c["tasks"]) == {"rte", "stsb"}
+        assert iv["ci95_low"] <= iv["diff"] <= iv["ci95_high"]
+        assert c["verdict"] == ("holds" if iv["ci95_low"] > 0 else "reversed" if iv["ci95_high"] < 0
+                                else "not separated")
+        # the observed difference is the seed mean of the test-score differences on the averaged target
+        cells = full["cells"]
+        want = sum(cells[c["a"]]["rte"]["runs"][s] - cells[c["b"]]["rte"]["runs"][s] for s in ("1", "2")) / 2
+        assert iv["diff"] == pytest.approx(want)
+    assert [p[0] for p in full["curves"]["pt"]["rte"]] == [2, 4]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md
+    assert (tmp_path / "out" / "dev_curves.png").stat().st_size > 0

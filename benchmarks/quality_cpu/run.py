@@ -157,6 +157,26 @@ def markdown(res: dict) -> str:
 
 # -- main -----------------------------------------------------------------------------------
 
+def load_config(path: str, data_dir: str | None = None, model: str | None = None, out: str | None = None,
+                sets: list[str] = (), dry_run: bool = False):
+    """The pipeline config of a benchmark run: the YAML, the model folder (SmolLM2 from the asset cache
+    unless given; a placeholder name for a dry run), the data dir (else the YAML's, $MPTUNE_DATA_DIR or
+    ../shared/data), the output folder, key=value overrides."""
+    from mptune import assets
+    from mptune.config import load_yaml, parse
+    from mptune.recipes.pipeline import PipelineConfig
+
+    base = load_yaml(path)
+    data_dir = (data_dir or base.get("data", {}).get("data_dir") or os.environ.get("MPTUNE_DATA_DIR")
+                or str(REPO.parent / "shared" / "data"))
+    base["model"] = {**base.get("model", {}), "name": model or (
+        "smollm2" if dry_run else str(assets.smollm2_model_dir()))}
+    base["data"] = {**base.get("data", {}), "data_dir": str(Path(data_dir).resolve())}
+    if out:
+        base["output_dir"] = out
+    return parse(PipelineConfig, base, list(sets), source=path)  # validated, defaults filled
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(HERE / "pipeline.yaml"))
@@ -185,17 +205,7 @@ def main(argv=None) -> int:
                     help="only (re)write results.json / results.md from the stage folders (partial while running)")
     args = ap.parse_args(argv)
 
-    from mptune import assets
-    from mptune.config import load_yaml, parse
-    from mptune.recipes.pipeline import PipelineConfig
-
-    base = load_yaml(args.config)
-    base["model"] = {**base.get("model", {}), "name": args.model or (
-        "smollm2" if args.dry_run else str(assets.smollm2_model_dir()))}
-    base["data"] = {**base.get("data", {}), "data_dir": str(Path(args.data_dir).resolve())}
-    if args.out:
-        base["output_dir"] = args.out
-    cfg = parse(PipelineConfig, base, args.set, source=args.config)  # validated, defaults filled
+    cfg = load_config(args.config, args.data_dir, args.model, args.out, args.set, args.dry_run)
     if args.fewshot_methods:
         fewshot = args.fewshot_methods.split(",")
     elif args.collect_only and _read(Path(args.results) / "results.json").get("fewshot_methods"):

@@ -272,23 +272,26 @@ def collect(cfg: pipeline.PipelineConfig, summary: dict, timing: dict, profile: 
             "timing": timing, "config": to_dict(cfg)}
 
 
-def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMPLES) -> Optional[dict]:
-    """HEADLINE[0] − HEADLINE[1] in one setting: the difference of test scores with a paired bootstrap
-    95 % interval over the test examples (and the seeds both ran), from the stages' prediction files."""
+def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMPLES,
+            pair: tuple[str, str] = HEADLINE) -> Optional[dict]:
+    """pair[0] − pair[1] (default HEADLINE) in one setting: the difference of test scores with a paired
+    bootstrap 95 % interval over the test examples (and the seeds both ran), from the stages' prediction
+    files. `methods`: method -> task -> seed -> draw -> TaskRun (plan.task_runs of one setting); None when
+    the two have no (seed, draw) in common on every target."""
     from ..stats import paired_bootstrap
 
-    a, b = HEADLINE
+    a, b = pair
     if a not in methods or b not in methods:
         return None
-    pairs = [(s, d) for s, ds in methods[a][targets[0]].items() for d in ds  # (seed, few-shot draw) both ran
-             if all(d in methods[m].get(t, {}).get(s, {}) for m in HEADLINE for t in targets)]
+    pairs = [(s, d) for s, ds in methods[a].get(targets[0], {}).items() for d in ds  # (seed, draw) both ran
+             if all(d in methods[m].get(t, {}).get(s, {}) for m in pair for t in targets)]
     if not pairs:
         return None
     data = {}  # task -> (task object, examples, predictions of a per seed, of b per seed)
     for t in targets:
-        got = {m: [common.predictions(methods[m][t][s][d].folder, t) for s, d in pairs] for m in HEADLINE}
+        got = {m: [common.predictions(methods[m][t][s][d].folder, t) for s, d in pairs] for m in pair}
         task, examples, _ = got[a][0]
-        if any([e.uid for e in ex] != [e.uid for e in examples] for m in HEADLINE for _, ex, _ in got[m]):
+        if any([e.uid for e in ex] != [e.uid for e in examples] for m in pair for _, ex, _ in got[m]):
             raise ConfigError(f"{t}: {a} and {b} were tested on different examples; no paired comparison")
         data[t] = (task, examples, [p for *_, p in got[a]], [p for *_, p in got[b]])
 

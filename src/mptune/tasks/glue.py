@@ -109,7 +109,9 @@ COLA = register_task(Task(
                 headerless=("train", "validation")),
     template="cola sentence: {sentence}",
     label_words=("unacceptable", "acceptable"), metrics=("matthews",),
-    formats={"attempt": attempt("cola sentence: {sentence}", 2)},
+    formats={"attempt": attempt("cola sentence: {sentence}", 2),
+             "natural": Format("Sentence: {sentence}\nIs this sentence grammatical? Answer yes or no.\nAnswer:",
+                               ("no", "yes"))},
     split="small", raw_sizes={"train": 8551, "validation": 1043}))
 
 WNLI = register_task(Task(

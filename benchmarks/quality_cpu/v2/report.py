@@ -1,0 +1,207 @@
+"""Quality benchmark v2 (issue #18): the report of a run of v2/pipeline.yaml.
+
+    python benchmarks/quality_cpu/v2/report.py            # runs/quality_v2 -> v2/results.{json,md}, dev_curves.png
+
+Reads the stage folders (`mptune.plan.task_runs`), so it works on a partial run: a cell or claim
+shows what has finished. Every comparison is a paired difference of test scores with a bootstrap 95 %
+interval over the test examples and the seeds (few-shot: the seed x draw runs), each task's metric
+recomputed on the drawn examples (`mptune.stats.paired_bootstrap`, via quickstart.compare); the
+average leaves out the control target(s). Teachers are reported against the majority class of their
+dev set (QA: the empty answer); a teacher that does not beat it should be left out of `sources`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+sys.path[:0] = [str(HERE.parent), str(REPO / "src")]
+
+# (a, b, the paper's claim that a − b > 0 tests)
+CLAIMS = [("mpt", "pt", "MPT > PT"), ("mpt", "spot", "MPT > SPoT (best single source)"),
+          ("mpt", "spot_avg", "MPT > SPoT (teachers' average)"), ("mpt", "mpt_no_distill", "distillation helps"),
+          ("mpt", "mpt_no_decomp", "decomposition helps"), ("mpt_multi", "mpt", "MPT* (multi-target) helps")]
+
+
+def cells(runs: dict, targets: list[str]) -> dict:
+    """method -> task -> {mean, std, n_runs, n_test, runs: {seed[/draw]: test}} of one setting."""
+    from mptune.plan import replicates
+
+    out = {}
+    for method, by_task in runs.items():
+        out[method] = {}
+        for t in targets:
+            reps = replicates(by_task.get(t, {}))
+            scores = [r.entry["test"]["score"] for r in reps.values()]
+            out[method][t] = {"mean": statistics.fmean(scores) if scores else None,
+                              "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "n_runs": len(scores),
+                              "n_test": next((r.entry.get("n_test") for r in reps.values()), None),
+                              "runs": {k: r.entry["test"]["score"] for k, r in reps.items()}}
+    return out
+
+
+def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> list[dict]:
+    from mptune.recipes.quickstart import compare
+
+    out = []
+    for a, b, what in CLAIMS:
+        avg = compare(runs, main, resamples, pair=(a, b)) if main else None
+        per = compare(runs, targets, resamples, pair=(a, b))
+        if avg is None or per is None:
+            continue
+        iv = avg["average"]
+        verdict = ("holds" if iv["ci95_low"] > 0 else "reversed" if iv["ci95_high"] < 0 else "not separated")
+        out.append({"a": a, "b": b, "claim": what, "verdict": verdict, "average_over": main,
+                    "runs": len(avg["seeds"]) if not avg.get("draws") else avg["draws"],
+                    "average": iv, "tasks": per["tasks"], "n_test": per["n_test"], "resamples": resamples})
+    return out
+
+
+def teachers(planned: list) -> list[dict]:
+    """Each teacher's dev score against its dev set's majority class (generation: the empty answer)."""
+    from mptune.recipes import common
+    from run import phase
+
+    out = []
+    for s in planned:
+        if phase(s) != "teachers" or not common.read_metrics(s.folder):
+            continue
+        for t, entry in common.read_metrics(s.folder)["tasks"].items():
+            task, examples, _ = common.predictions(s.folder, t, "dev")
+            if task.kind.value == "classification":
+                label = collections.Counter(e.label for e in examples).most_common(1)[0][0]
+                trivial, what = task.score(examples, [label] * len(examples))["score"], "majority class"
+            elif task.kind.value == "generation":
+                trivial, what = task.score(examples, [""] * len(examples))["score"], "empty answer"
+            else:  # regression: a constant has no correlation
+                trivial, what = 0.0, "constant"
+            dev = entry["dev"]["score"]
+            out.append({"task": t, "dev": dev, "trivial": trivial, "trivial_is": what, "n_dev": len(examples),
+                        "test": entry["test"]["score"], "beats_trivial": dev > trivial})
+    return out
+
+
+def curves(runs: dict, targets: list[str]) -> dict:
+    """method -> task -> [[step, mean dev score over the runs that logged it], ...] (MPT*: none, its
+    selection pools the targets)."""
+    out = {}
+    for method, by_task in runs.items():
+        for t in targets:
+            pts = collections.defaultdict(list)
+            for draws in by_task.get(t, {}).values():
+                for r in draws.values():
+                    for h in r.dev_history or []:
+                        if h.get("dev_score") is not None:
+                            pts[h["step"]].append(h["dev_score"])
+            if pts:
+                out.setdefault(method, {})[t] = [[k, statistics.fmean(v)] for k, v in sorted(pts.items())]
+    return out
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = [s for s in res["settings"] if res["settings"][s]["curves"]]
+    targets = res["targets"]
+    if not settings:
+        return
+    fig, axes = plt.subplots(len(settings), len(targets), figsize=(3.2 * len(targets), 2.6 * len(settings)),
+                             squeeze=False)
+    for i, s in enumerate(settings):
+        for j, t in enumerate(targets):
+            ax = axes[i][j]
+            for m, by_task in res["settings"][s]["curves"].items():
+                if t in by_task:
+                    xs, ys = zip(*by_task[t])
+                    ax.plot(xs, ys, marker=".", label=m)
+            ax.set_title(f"{t}, {s}", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=6)
+    fig.supxlabel("target step")
+    fig.supylabel("dev score (mean over runs)")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def markdown(res: dict) -> str:
+    from mptune.plan import METHODS
+
+    f = lambda c: "—" if c["mean"] is None else f"{c['mean']:.1f} ± {c['std']:.1f} ({c['n_runs']})"  # noqa: E731
+    lines = ["# Quality benchmark v2: results (issue #18)", "", f"Made by `{res['command']}` from `{res['run']}`; "
+             f"controls (left out of the averages): {', '.join(res['controls']) or 'none'}.", ""]
+    if res["teachers"]:
+        lines += ["## Teachers (dev score vs the trivial baseline on the same dev examples)", "",
+                  "| source | dev | trivial | baseline | n_dev | test | beats it |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {t['task']} | {t['dev']:.1f} | {t['trivial']:.1f} | {t['trivial_is']} | {t['n_dev']} | "
+                  f"{t['test']:.1f} | {'yes' if t['beats_trivial'] else '**no**'} |" for t in res["teachers"]]
+        lines.append("")
+    for s, r in res["settings"].items():
+        lines += [f"## {'full training data' if s == 'full' else f'few-shot, {s[1:]} per class'}", "",
+                  "Claims: paired difference of test scores, bootstrap 95 % interval over test examples and runs.", "",
+                  "| claim | a − b | average (w/o controls) | 95 % interval | verdict | runs | per task |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in r["claims"]:
+            per = "; ".join(f"{t} {v['diff']:+.1f} [{v['ci95_low']:+.1f}, {v['ci95_high']:+.1f}]"
+                            for t, v in c["tasks"].items())
+            lines.append(f"| {c['claim']} | {c['a']} − {c['b']} | {c['average']['diff']:+.1f} | "
+                         f"[{c['average']['ci95_low']:+.1f}, {c['average']['ci95_high']:+.1f}] | {c['verdict']} | "
+                         f"{c['runs']} | {per} |")
+        lines += ["", "| method | " + " | ".join(f"{t} (n_test {res['n_test'].get(t, '?')})" for t in res["targets"])
+                  + " |", "|---" * (len(res["targets"]) + 1) + "|"]
+        for m, by_task in r["cells"].items():
+            lines.append(f"| {METHODS[m].label} | " + " | ".join(f(by_task[t]) for t in res["targets"]) + " |")
+        lines += ["", "Cells: test score, mean ± std over runs (number of runs).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(HERE / "pipeline.yaml"))
+    ap.add_argument("--out", default=None, help="the run folder (default: the config's output_dir)")
+    ap.add_argument("--results", default=str(HERE))
+    ap.add_argument("--controls", default="cola")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--set", nargs="*", default=[], help="the overrides the run was launched with")
+    args = ap.parse_args(argv)
+
+    from run import load_config, stages
+
+    from mptune.plan import Layout, task_runs
+
+    cfg = load_config(args.config, out=args.out, sets=args.set, dry_run=True)
+    planned = stages(cfg, list(cfg.methods))
+    runs = task_runs(planned)
+    targets = Layout(cfg, check_data=False).target_names()
+    controls = [c for c in args.controls.split(",") if c in targets]
+    main_targets = [t for t in targets if t not in controls]
+    res = {"command": "python " + " ".join([str(Path(__file__).relative_to(REPO)), *(argv or sys.argv[1:])]),
+           "run": cfg.output_dir, "targets": targets, "controls": controls, "teachers": teachers(planned),
+           "n_test": {}, "settings": {}}
+    for s, by_method in runs.items():
+        c = cells(by_method, targets)
+        for by_task in c.values():
+            for t, cell in by_task.items():
+                if cell["n_test"]:
+                    res["n_test"][t] = cell["n_test"]
+        res["settings"][s] = {"cells": c, "claims": claims(by_method, targets, main_targets, args.resamples),
+                              "curves": curves(by_method, targets)}
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(res) + "\n")
+    plot(res, out / "dev_curves.png")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
