@@ -187,3 +187,16 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md
     assert (tmp_path / "out" / "dev_curves.png").stat().st_size > 0
+    # PT's cells from another run folder (e.g. the setting its sweep chose): launched with other overrides
+    other = {**cfg, "output_dir": str(tmp_path / "pt_run"), "methods": ["pt"],
+             "target_train": {**steps, "lr": 0.1}}
+    g = tmp_path / "pt.yaml"
+    g.write_text(yaml.safe_dump(other))
+    assert main(["run", str(g)]) == 0
+    assert report.main(["--config", str(f), "--results", str(tmp_path / "out2"), "--resamples", "20",
+                        "--controls", "stsb", "--from", "pt", str(tmp_path / "pt_run"), "target_train.lr=0.1"]) == 0
+    res2 = json.loads((tmp_path / "out2" / "results.json").read_text())
+    pt_metrics = json.loads((tmp_path / "pt_run/targets/full/pt/seed-2/rte/metrics.json").read_text())
+    assert res2["settings"]["full"]["cells"]["pt"]["rte"]["runs"]["2"] == pt_metrics["tasks"]["rte"]["test"]["score"]
+    assert res2["settings"]["full"]["cells"]["mpt"] == full["cells"]["mpt"]
+    assert res2["method_from"] == {"pt": [str(tmp_path / "pt_run"), "target_train.lr=0.1"]}

@@ -171,6 +171,10 @@ def main(argv=None) -> int:
     ap.add_argument("--controls", default="cola")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--set", nargs="*", default=[], help="the overrides the run was launched with")
+    ap.add_argument("--from", dest="method_from", nargs="+", action="append", default=[],
+                    metavar=("METHOD OUT", "KEY=VALUE"),
+                    help="take METHOD's runs from another run folder OUT, launched with these extra overrides "
+                         "(e.g. PT at the length and lr its sweep chose): --from pt runs/x prompt.length=20")
     args = ap.parse_args(argv)
 
     from run import load_config, stages
@@ -180,11 +184,18 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, out=args.out, sets=args.set, dry_run=True)
     planned = stages(cfg, list(cfg.methods))
     runs = task_runs(planned)
+    for method, out, *sets in args.method_from:  # that method's cells from its own run folder
+        ocfg = load_config(args.config, out=out, sets=[*args.set, *sets, f"methods=[{method}]"], dry_run=True)
+        other = task_runs(stages(ocfg, [method]))
+        for setting in runs.keys() | other.keys():
+            runs.setdefault(setting, {}).pop(method, None)
+            if method in other.get(setting, {}):
+                runs[setting][method] = other[setting][method]
     targets = Layout(cfg, check_data=False).target_names()
     controls = [c for c in args.controls.split(",") if c in targets]
     main_targets = [t for t in targets if t not in controls]
     res = {"command": "python " + " ".join([str(Path(__file__).relative_to(REPO)), *(argv or sys.argv[1:])]),
-           "run": cfg.output_dir, "targets": targets, "controls": controls, "teachers": teachers(planned),
+           "run": cfg.output_dir, "method_from": {m: [o, *s] for m, o, *s in args.method_from}, "targets": targets, "controls": controls, "teachers": teachers(planned),
            "n_test": {}, "settings": {}}
     for s, by_method in runs.items():
         c = cells(by_method, targets)
