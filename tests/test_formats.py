@@ -128,8 +128,9 @@ def test_attempt_details():
 NATURAL = {  # task -> (row, source, target)
     "sst2": ({"sentence": "a gripping film", "label": 1}, "sentence: a gripping film\nsentiment:", "positive"),
     "yelp_polarity": ({"text": "Cold tacos.", "label": 0}, "review: Cold tacos.\nsentiment:", "negative"),
-    "vader_movie": ({"id": "1", "rating": "2.5", "text": "A gem."},
-                    "Text: A gem.\nIs the sentiment of this movie review positive or negative?\nAnswer:", "positive"),
+    "vader_movie": ({"id": "1", "rating": "2.5", "text": "A gem."}, "sentence: A gem.\nsentiment:", "positive"),
+    "cola": ({"sentence": "The cat sat.", "label": 1},
+             "Sentence: The cat sat.\nIs this sentence grammatical? Answer yes or no.\nAnswer:", "yes"),
     "mnli": ({"premise": P, "hypothesis": H, "label": 1}, f"Premise: {P}\nHypothesis: {H}\nDoes the premise imply "
              "the hypothesis? Answer yes, maybe or no.\nAnswer:", "maybe"),
     "qnli": ({"question": "Who plays?", "sentence": P, "label": 0}, f"Question: Who plays?\nSentence: {P}\nDoes "

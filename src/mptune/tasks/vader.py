@@ -56,6 +56,11 @@ def _rating_prepare(row: dict) -> dict:
     return row
 
 
+# natural format of the polarity tasks: SST-2's; on SmolLM2-135M-Instruct it scores 76.5 / 75.0 zero-shot on
+# movie / NYT dev against 52.0 / 60.5 for the question template (benchmarks/quality_cpu/v2/templates.md)
+SENTIMENT = "sentence: {text}\nsentiment:"
+
+
 def vader(domain: str, holdout: int) -> tuple[Task, Task]:
     src = Source(files={"all": f"vader/{FILES[domain]}_GroundTruth.txt"}, format="tsv",
                  fieldnames=("id", "rating", "text"), headerless=True)
@@ -65,7 +70,7 @@ def vader(domain: str, holdout: int) -> tuple[Task, Task]:
     polar = f"Text: {{text}}\nIs the sentiment of this {what} positive or negative?\nAnswer:"
     scale = f"Text: {{text}}\nRate the sentiment of this {what} from -4 (very negative) to 4 (very positive).\nRating:"
     polarity = register_task(Task(
-        name=f"vader_{domain}", kind=TaskKind.CLASSIFICATION, template=polar, formats={"natural": Format(polar)},
+        name=f"vader_{domain}", kind=TaskKind.CLASSIFICATION, template=polar, formats={"natural": Format(SENTIMENT)},
         label_words=("negative", "positive"), prepare=_polarity_prepare, keep=_polar,
         description=f"VADER {what} sentences: polarity of the mean human rating; |rating| < "
                     f"{NEUTRAL_BAND} dropped", **common))
