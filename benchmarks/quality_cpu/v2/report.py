@@ -63,17 +63,17 @@ def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> l
     return out
 
 
-def teachers(planned: list) -> list[dict]:
-    """Each teacher's dev score against its dev set's majority class (generation: the empty answer)."""
+def teachers(run_dir: Path) -> list[dict]:
+    """Each finished teacher of the run folder (also those left out of `sources` afterwards): its dev
+    score against its dev set's majority class (generation: the empty answer)."""
     from mptune.recipes import common
-    from run import phase
 
     out = []
-    for s in planned:
-        if phase(s) != "teachers" or not common.read_metrics(s.folder):
+    for folder in sorted((run_dir / "teachers").glob("*/")):
+        if not common.read_metrics(folder):
             continue
-        for t, entry in common.read_metrics(s.folder)["tasks"].items():
-            task, examples, _ = common.predictions(s.folder, t, "dev")
+        for t, entry in common.read_metrics(folder)["tasks"].items():
+            task, examples, _ = common.predictions(folder, t, "dev")
             if task.kind.value == "classification":
                 label = collections.Counter(e.label for e in examples).most_common(1)[0][0]
                 trivial, what = task.score(examples, [label] * len(examples))["score"], "majority class"
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     controls = [c for c in args.controls.split(",") if c in targets]
     main_targets = [t for t in targets if t not in controls]
     res = {"command": "python " + " ".join([str(Path(__file__).relative_to(REPO)), *(argv or sys.argv[1:])]),
-           "run": cfg.output_dir, "method_from": {m: [o, *s] for m, o, *s in args.method_from}, "targets": targets, "controls": controls, "teachers": teachers(planned),
+           "run": cfg.output_dir, "method_from": {m: [o, *s] for m, o, *s in args.method_from}, "targets": targets, "controls": controls, "teachers": teachers(Path(cfg.output_dir)),
            "n_test": {}, "settings": {}}
     for s, by_method in runs.items():
         c = cells(by_method, targets)
