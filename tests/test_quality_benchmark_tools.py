@@ -112,6 +112,16 @@ def test_collect_only_rewrites_the_committed_results_byte_for_byte(tmp_path, mon
     res = json.loads(path.read_text())
     _stage_folders(tmp_path, res, legacy)
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(res["config"]))
+    for spec in res["config"]["sources"] + res["config"]["targets"]:  # task files, at their relative paths
+        if spec.endswith((".yaml", ".yml", ".json")):
+            (tmp_path / spec).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(HERE.parents[1] / spec, tmp_path / spec)
+            for f in yaml.safe_load((tmp_path / spec).read_text())["files"].values():  # made-up rows (SQuAD)
+                qas = [{"id": str(i), "question": "q?", "answers": [{"text": "a", "answer_start": 0}]}
+                       for i in range(1100)]
+                (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / f).write_text(json.dumps({"data": [{"title": "t", "paragraphs": [
+                    {"context": "a b", "qas": qas}]}]}))
     shutil.copy(path, tmp_path / "results.json")
     shutil.copy(path.with_suffix(".md"), tmp_path / "results.md")
     monkeypatch.chdir(tmp_path)
