@@ -51,13 +51,15 @@ def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> l
 
     out = []
     for a, b, what in CLAIMS:
-        avg = compare(runs, main, resamples, pair=(a, b)) if main else None
-        per = compare(runs, targets, resamples, pair=(a, b))
+        have = [t for t in targets if all(runs.get(m, {}).get(t) for m in (a, b))]  # a partial run: what both ran
+        main_have = [t for t in main if t in have]
+        avg = compare(runs, main_have, resamples, pair=(a, b)) if main_have else None
+        per = compare(runs, have, resamples, pair=(a, b)) if have else None
         if avg is None or per is None:
             continue
         iv = avg["average"]
         verdict = ("holds" if iv["ci95_low"] > 0 else "reversed" if iv["ci95_high"] < 0 else "not separated")
-        out.append({"a": a, "b": b, "claim": what, "verdict": verdict, "average_over": main,
+        out.append({"a": a, "b": b, "claim": what, "verdict": verdict, "average_over": main_have,
                     "runs": len(avg["seeds"]) if not avg.get("draws") else avg["draws"],
                     "average": iv, "tasks": per["tasks"], "n_test": per["n_test"], "resamples": resamples})
     return out
