@@ -12,7 +12,7 @@ not only accuracy). The interval is the percentile interval of the replicates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -36,11 +36,16 @@ class Interval:
 
 
 def paired_bootstrap(n_examples: Mapping[str, int], n_seeds: int, diff: DiffFn, resamples: int = 1000,
-                     seed: int = 0, level: float = 0.95) -> tuple[Interval, dict[str, Interval]]:
-    """(interval of the task average, interval per task) of the paired difference."""
+                     seed: int = 0, level: float = 0.95,
+                     average_over: Optional[Sequence[str]] = None) -> tuple[Interval, dict[str, Interval]]:
+    """(interval of the task average, interval per task) of the paired difference; the average is over
+    `average_over` (default: every task), e.g. leaving out control tasks, from the same replicates."""
     if n_seeds < 1 or not n_examples or min(n_examples.values()) < 1:
         raise ValueError("paired_bootstrap needs at least one seed and one example per task")
     tasks = list(n_examples)
+    avg_tasks = list(average_over) if average_over is not None else tasks
+    if not avg_tasks or set(avg_tasks) - set(tasks):
+        raise ValueError(f"paired_bootstrap: average_over {avg_tasks} must be a non-empty subset of {tasks}")
 
     def stat(seeds: Sequence[int], idx: Mapping[str, np.ndarray]) -> dict[str, float]:
         return {t: float(np.mean([diff(t, s, idx[t]) for s in seeds])) for t in tasks}
@@ -58,5 +63,6 @@ def paired_bootstrap(n_examples: Mapping[str, int], n_seeds: int, diff: DiffFn, 
         return Interval(obs, float(low), float(high))
 
     per_task = {t: interval(observed[t], [r[t] for r in reps]) for t in tasks}
-    average = interval(float(np.mean(list(observed.values()))), [float(np.mean(list(r.values()))) for r in reps])
+    mean = lambda r: float(np.mean([r[t] for t in avg_tasks]))  # noqa: E731
+    average = interval(mean(observed), [mean(r) for r in reps])
     return average, per_task

@@ -53,15 +53,14 @@ def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> l
     for a, b, what in CLAIMS:
         have = [t for t in targets if all(runs.get(m, {}).get(t) for m in (a, b))]  # a partial run: what both ran
         main_have = [t for t in main if t in have]
-        avg = compare(runs, main_have, resamples, pair=(a, b)) if main_have else None
-        per = compare(runs, have, resamples, pair=(a, b)) if have else None
-        if avg is None or per is None:
+        c = compare(runs, have, resamples, pair=(a, b), average_over=main_have) if main_have else None
+        if c is None:
             continue
-        iv = avg["average"]
+        iv = c["average"]
         verdict = ("holds" if iv["ci95_low"] > 0 else "reversed" if iv["ci95_high"] < 0 else "not separated")
         out.append({"a": a, "b": b, "claim": what, "verdict": verdict, "average_over": main_have,
-                    "runs": len(avg["seeds"]) if not avg.get("draws") else avg["draws"],
-                    "average": iv, "tasks": per["tasks"], "n_test": per["n_test"], "resamples": resamples})
+                    "runs": len(c["seeds"]) if not c.get("draws") else c["draws"],
+                    "average": iv, "tasks": c["tasks"], "n_test": c["n_test"], "resamples": resamples})
     return out
 
 
@@ -72,9 +71,8 @@ def teachers(run_dir: Path) -> list[dict]:
 
     out = []
     for folder in sorted((run_dir / "teachers").glob("*/")):
-        if not common.read_metrics(folder):
-            continue
-        for t, entry in common.read_metrics(folder)["tasks"].items():
+        metrics = common.read_metrics(folder)
+        for t, entry in metrics.get("tasks", {}).items():
             task, examples, _ = common.predictions(folder, t, "dev")
             if task.kind.value == "classification":
                 label = collections.Counter(e.label for e in examples).most_common(1)[0][0]

@@ -41,10 +41,11 @@ def score(model, tok, task, examples) -> float:
     with torch.no_grad():
         for e in examples:
             x = tok(e.source, add_special_tokens=False).input_ids
+            first = model(torch.tensor([x])).logits[0, -1].log_softmax(-1)  # every label's first token
             lp = []
-            for w in words:
-                out = model(torch.tensor([x + w])).logits[0].log_softmax(-1)
-                lp.append(sum(float(out[len(x) - 1 + i, t]) for i, t in enumerate(w)))
+            for w in words:  # a longer label continues in its own pass
+                rest = model(torch.tensor([x + w])).logits[0, len(x):-1].log_softmax(-1) if len(w) > 1 else None
+                lp.append(float(first[w[0]]) + sum(float(rest[i, t]) for i, t in enumerate(w[1:])))
             preds.append(max(range(len(lp)), key=lp.__getitem__))
     return task.score(examples, preds)["score"]
 

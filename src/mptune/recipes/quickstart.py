@@ -273,11 +273,12 @@ def collect(cfg: pipeline.PipelineConfig, summary: dict, timing: dict, profile: 
 
 
 def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMPLES,
-            pair: tuple[str, str] = HEADLINE) -> Optional[dict]:
+            pair: tuple[str, str] = HEADLINE, average_over: Optional[list[str]] = None) -> Optional[dict]:
     """pair[0] − pair[1] (default HEADLINE) in one setting: the difference of test scores with a paired
     bootstrap 95 % interval over the test examples (and the seeds both ran), from the stages' prediction
-    files. `methods`: method -> task -> seed -> draw -> TaskRun (plan.task_runs of one setting); None when
-    the two have no (seed, draw) in common on every target."""
+    files; per target, and averaged over `average_over` (default: every target). `methods`: method ->
+    task -> seed -> draw -> TaskRun (plan.task_runs of one setting); None when the two have no
+    (seed, draw) in common on every target."""
     from ..stats import paired_bootstrap
 
     a, b = pair
@@ -300,7 +301,8 @@ def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMP
         pick = [ex[i] for i in idx]
         return task.score(pick, [pa[s][i] for i in idx])["score"] - task.score(pick, [pb[s][i] for i in idx])["score"]
 
-    avg, per_task = paired_bootstrap({t: len(data[t][1]) for t in targets}, len(pairs), diff, resamples)
+    avg, per_task = paired_bootstrap({t: len(data[t][1]) for t in targets}, len(pairs), diff, resamples,
+                                     average_over=average_over)
     draws = {"draws": len(pairs)} if any(d for _, d in pairs) else {}  # few-shot: seed x draw runs
     return {"a": a, "b": b, "seeds": list(dict.fromkeys(s for s, _ in pairs)), **draws, "resamples": resamples,
             "level": 0.95, "n_test": {t: len(data[t][1]) for t in targets}, "average": avg.as_dict(),
