@@ -83,3 +83,51 @@ def test_plan_order_and_names_are_checked(tmp_path):
         run_plan([_stage(tmp_path, "a"), _stage(tmp_path, "a")], say=lambda m: None)
     with pytest.raises(ConfigError, match="workers"):
         run_plan([], workers=0)
+
+
+def test_workers_end_when_the_runner_is_killed(tmp_path):
+    """kill -9 of the runner: its spawned workers notice and exit instead of running on as orphans."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "launch.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from pathlib import Path\n"
+        "from test_runner import _stage\n"
+        "from mptune.runner import run_plan\n"
+        "if __name__ == '__main__':\n"
+        f"    root = Path({str(tmp_path)!r})\n"
+        "    run_plan([_stage(root, 'a', seconds=300), _stage(root, 'b', seconds=300)], workers=2)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"{n}.started").exists() for n in "ab") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all((tmp_path / f"{n}.started").exists() for n in "ab"), "the workers did not start"
+        kids = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+        assert kids, "no worker processes"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"  # a zombie has exited (its new parent may not reap it at once)
+
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in kids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in kids if alive(p)]
+    for p in left:  # do not leave them behind if the test fails
+        os.kill(p, signal.SIGKILL)
+    # the resource tracker is a child too; the stage workers are what must not run on
+    assert not left, json.dumps({"still running": left})

@@ -12,7 +12,8 @@ Spawned workers import the caller's main module, so a script that calls this wit
 
 A worker's stage writes its progress bars and messages to ``<folder>/output.log``
 (side by side they would garble the terminal); this process prints one line as
-each stage starts and finishes. Every stage gets a record: start and finish times
+each stage starts and finishes. A worker ends itself when this process is gone (killed,
+say), so no orphan goes on writing into a stage folder. Every stage gets a record: start and finish times
 (epoch seconds, so stages that overlapped keep their own wall time) and the CPU
 seconds of its process.
 """
@@ -42,8 +43,24 @@ def _set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
+def _init_worker(threads: Optional[int], parent: int) -> None:
+    """A worker's start: its torch threads, and a watchdog that ends the worker once `parent` (the
+    runner) is gone, e.g. killed: an orphaned worker would go on writing into the stage folders that
+    the next launch resumes."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_S)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="mptune-orphan-watchdog", daemon=True).start()
+    _set_threads(threads)
+
+
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false"}  # the workers' environment: no tokenizer threads on top
 LOG_FILE = "output.log"  # a worker's stage writes its progress bars and messages here, not to the terminal
+ORPHAN_POLL_S = 0.5  # how often a worker checks that the runner is still there
 
 
 def _run_stage(stage: Stage, to_log: bool = False) -> dict:
@@ -113,8 +130,8 @@ def _run_parallel(pending: list[Stage], times: dict, workers: int, threads: Opti
     added = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
     os.environ.update(added)  # spawned workers copy this process's environment when they start
     try:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_set_threads,
-                                 initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads, os.getpid())) as pool:
             error = _schedule(pool, pending, times, workers, say)
     finally:
         for k in added:
