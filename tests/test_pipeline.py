@@ -90,3 +90,65 @@ def test_ablations_and_few_shot(tmp_path, tiny_llama_dir, data_dir):
             assert entry["train_examples"] == 4 and entry["n_test"] == 8
     teacher = json.loads((run / "teachers/rte/metrics.json").read_text())["tasks"]["rte"]
     assert teacher["train_examples"] > 4  # the teachers are not few-shot
+
+
+def _config(tmp_path, data_dir, **kw):
+    from mptune.config import parse
+    from mptune.recipes.pipeline import PipelineConfig
+
+    return parse(PipelineConfig, yaml.safe_load(_pipeline(tmp_path, "tiny", data_dir, **kw).read_text()))
+
+
+def test_method_settings_give_each_method_its_own_target_run(tmp_path, data_dir):
+    """method_settings: PT's own length and lr, MPT's own P* / u, v lrs; the others keep the pipeline's."""
+    from mptune.plan import plan
+
+    cfg = _config(tmp_path, data_dir, methods=["pt", "spot", "mpt"], seeds=[1], few_shot_k=[2], few_shot_draws=1,
+                  adapt={"lr_shared": 0.05}, method_settings={"pt": {"prompt_length": 6, "lr": 0.5},
+                                                              "mpt": {"lr": 0.2, "lr_task": 0.4}})
+    targets = [s for s in plan(cfg) if s.method]
+    assert {(s.method, s.setting) for s in targets} == {(m, x) for m in ("pt", "spot", "mpt") for x in ("full", "k=2")}
+    for s in targets:
+        c = s.config
+        if s.method == "pt":
+            assert (c.prompt.length, c.train.lr) == (6, 0.5)
+        elif s.method == "spot":  # the teacher's length and the pipeline's lr
+            assert (c.prompt.length, c.train.lr) == (4, STEPS.get("lr", 0.3))
+        else:
+            assert (c.train.lr, c.lr_shared, c.lr_task) == (0.2, 0.05, 0.4)
+    teachers = [s for s in plan(cfg) if s.kind == "prompt-tune" and not s.method]
+    assert all(t.config.prompt.length == 4 for t in teachers)  # teachers are not a method's target run
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"spot": {"prompt_length": 8}}, "method_settings.spot.prompt_length"),
+    ({"pt": {"lr_shared": 0.1}}, "method_settings.pt.lr_shared"),
+    ({"nope": {"lr": 0.1}}, "method_settings.nope"),
+    ({"pt": {"lr": -1.0}}, "method_settings.pt.lr"),
+    ({"pt": {"bogus": 1}}, "bogus"),
+])
+def test_method_settings_errors_name_the_key(tmp_path, data_dir, bad, key):
+    from mptune.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        _config(tmp_path, data_dir, method_settings=bad)
+
+
+def test_final_dev_off_skips_the_last_dev_pass(tmp_path, tiny_llama_dir, data_dir):
+    """train.final_dev=false: test is measured, dev is not re-measured at the end (the selection's dev
+    scores stay in dev_history)."""
+    out = tmp_path / "pt"
+    assert main(["prompt-tune", f"model.name={tiny_llama_dir}", "task=rte", f"output_dir={out}",
+                 f"data.data_dir={data_dir}", "data.eval_limit=8", "prompt.length=4", "train.max_steps=2",
+                 "train.batch_size=4", "train.eval_every=1", "train.eval_limit=4", "train.final_dev=false"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    entry = m["tasks"]["rte"]
+    assert entry["dev"] == {} and entry["n_dev"] == 0 and entry["n_test"] == 8 and "score" in entry["test"]
+    assert [h["step"] for h in m["dev_history"]] == [1, 2]
+    assert not (out / "predictions_rte_dev.jsonl").exists() and (out / "predictions_rte_test.jsonl").exists()
+    from mptune.config import ConfigError
+    from mptune.recipes.common import predictions
+
+    with pytest.raises(ConfigError, match="final_dev=false"):
+        predictions(out, "rte", "dev")
+    assert len(predictions(out, "rte", "test")[2]) == 8

@@ -236,6 +236,10 @@ class TrainConfig:
     """Dev examples used for periodic evaluation (None = all)."""
     test_limit: Optional[int] = None
     """Test examples evaluated at the end of the stage (a seeded subset of the test split; None = data.eval_limit)."""
+    final_dev: bool = True
+    """Evaluate the best prompt on the dev split (up to data.eval_limit) at the end, reported as "dev" in
+    metrics.json. false: skip it (metrics.json's dev is empty; the selection's dev scores stay in dev_history),
+    which saves about a third of a short target run."""
     checkpoint_every: int = 0
     """Write a resumable checkpoint every N steps (0 = off)."""
     log_every: int = 10

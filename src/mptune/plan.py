@@ -65,6 +65,25 @@ class Cell:
     draw: Optional[int] = None  # few-shot: the draw of k examples (data.few_shot_draw)
 
 
+@dataclass
+class MethodSettings:
+    """One method's own target-run settings (PipelineConfig.method_settings), so that each method runs at
+    its best, chosen on dev, in one pipeline (issue #18); unset = the pipeline's. Which fields a method
+    takes is its row of METHODS (Method.settings)."""
+
+    lr: Optional[float] = None
+    """Its target runs' learning rate (else target_train.lr)."""
+    prompt_length: Optional[int] = None
+    """pt only: its prompt length (else prompt.length; the other methods start from a teacher or P*)."""
+    lr_shared: Optional[float] = None
+    """MPT methods: the learning rate of P* (else adapt.lr_shared)."""
+    lr_task: Optional[float] = None
+    """MPT methods: the learning rate of u, v (else adapt.lr_task)."""
+
+    def given(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+
 class Layout:
     """Where each stage of a pipeline config lives, what it runs and what it needs. Stage folders are
     named by task name (a task file's ``name``); every task file is checked when the layout is made."""
@@ -134,19 +153,30 @@ class Layout:
     def target_names(self) -> list[str]:
         return [self.names[t] for t in self.cfg.targets]
 
+    def settings_of(self, m: "Method") -> MethodSettings:
+        return self.cfg.method_settings.get(m.name) or MethodSettings()
+
+    def train_of(self, m: "Method", c: Cell) -> TrainConfig:
+        """The cell's optimisation with the method's own learning rate, if it has one."""
+        lr = self.settings_of(m).lr
+        return c.train if lr is None else dataclasses.replace(c.train, lr=lr)
+
 
 # -- the methods ---------------------------------------------------------------------------
 
 def _prompt_tune(lay: Layout, m: Method, c: Cell, prompt: PromptConfig, needs: tuple[str, ...] = ()) -> list[Stage]:
     cfg = lay.cfg
+    train = lay.train_of(m, c)
     return [lay.target(c, m.name, [t], "prompt-tune", prompt_tune.run, lambda f, t=t: prompt_tune.PromptTuneConfig(
-        model=cfg.model, task=t, output_dir=f, prompt=prompt, data=c.data, train=c.train, eval=cfg.eval),
+        model=cfg.model, task=t, output_dir=f, prompt=prompt, data=c.data, train=train, eval=cfg.eval),
         needs) for t in cfg.targets]
 
 
 def _pt(lay: Layout, m: Method, c: Cell) -> list[Stage]:
     """Prompt tuning per target, from sampled vocabulary (Lester et al.)."""
-    return _prompt_tune(lay, m, c, lay.cfg.prompt)
+    length = lay.settings_of(m).prompt_length
+    prompt = lay.cfg.prompt if length is None else dataclasses.replace(lay.cfg.prompt, length=length)
+    return _prompt_tune(lay, m, c, prompt)
 
 
 def _from_teachers(lay: Layout, m: Method, c: Cell, init: PromptInit, sources: list[str]) -> list[Stage]:
@@ -168,11 +198,13 @@ def _spot_avg(lay: Layout, m: Method, c: Cell) -> list[Stage]:
 
 
 def _adapt(lay: Layout, m: Method, c: Cell, specs: list[str]) -> Stage:
-    cfg, source = lay.cfg, lay.source(m.source)
+    cfg, source, own = lay.cfg, lay.source(m.source), lay.settings_of(m)
+    lr_shared = cfg.adapt.lr_shared if own.lr_shared is None else own.lr_shared
+    lr_task = cfg.adapt.lr_task if own.lr_task is None else own.lr_task
     return lay.target(c, m.name, specs, "adapt", adapt.run, lambda f: adapt.AdaptConfig(
         tasks=specs, output_dir=f, source=str(source.folder), model=cfg.model, rank=cfg.rank, init=cfg.adapt.init,
-        lr_shared=cfg.adapt.lr_shared, lr_task=cfg.adapt.lr_task, freeze_shared=cfg.adapt.freeze_shared,
-        sampling=cfg.sampling, data=c.data, train=c.train, eval=cfg.eval), (source.name,))
+        lr_shared=lr_shared, lr_task=lr_task, freeze_shared=cfg.adapt.freeze_shared,
+        sampling=cfg.sampling, data=c.data, train=lay.train_of(m, c), eval=cfg.eval), (source.name,))
 
 
 def _adapt_each(lay: Layout, m: Method, c: Cell) -> list[Stage]:
@@ -197,21 +229,26 @@ class Method:
     source: Optional[str]  # the source-training variant (SOURCES) it adapts from; None: no source stage
     build: Callable[[Layout, "Method", Cell], list[Stage]]  # its target stages in one Cell
     about: str
+    settings: tuple[str, ...] = ("lr",)  # the MethodSettings fields it takes
 
 
+
+ADAPT_SETTINGS = ("lr", "lr_shared", "lr_task")  # the MPT methods' (adapt) own settings
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("pt", "PT", "tab:gray", "main", None, _pt, "vanilla prompt tuning from sampled vocabulary"),
+    Method("pt", "PT", "tab:gray", "main", None, _pt, "vanilla prompt tuning from sampled vocabulary",
+           ("lr", "prompt_length")),
     Method("spot", "SPoT (best source)", "tab:blue", "baseline", None, _spot,
            "prompt tuning from the teacher prompt best on the target's dev set at step 0 (or spot_source's)"),
     Method("spot_avg", "SPoT-style (teachers' avg)", "tab:cyan", "baseline", None, _spot_avg,
            "prompt tuning started from the teachers' average prompt"),
-    Method("mpt", "MPT", "tab:red", "main", "mpt", _adapt_each, "MPT: adapt P* ∘ (u v) from the distilled source"),
+    Method("mpt", "MPT", "tab:red", "main", "mpt", _adapt_each, "MPT: adapt P* ∘ (u v) from the distilled source",
+           ADAPT_SETTINGS),
     Method("mpt_multi", "MPT*", "tab:orange", "variant", "mpt", _adapt_together,
-           "MPT*: all targets share one P*, each with its own u, v"),
+           "MPT*: all targets share one P*, each with its own u, v", ADAPT_SETTINGS),
     Method("mpt_no_distill", "MPT w/o distillation", "tab:purple", "ablation", "no_distill", _adapt_each,
-           "ablation: source training with the task loss only (λ = 0)"),
+           "ablation: source training with the task loss only (λ = 0)", ADAPT_SETTINGS),
     Method("mpt_no_decomp", "MPT w/o decomposition", "tab:green", "ablation", "no_decomp", _adapt_each,
-           "ablation: one shared distilled source prompt (no u, v in source training)"),
+           "ablation: one shared distilled source prompt (no u, v in source training)", ADAPT_SETTINGS),
 ]}
 MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the config's choices come from the table
 ROLES: tuple[Role, ...] = ("main", "baseline", "ablation", "variant")
@@ -303,5 +340,5 @@ def task_metric(run: TaskRun) -> str:
     return "/".join(t.score_metrics or t.metrics)
 
 
-__all__ = ["Cell", "Layout", "METHODS", "Method", "MethodName", "ROLES", "SOURCES", "Stage", "TaskRun", "per_seed",
+__all__ = ["Cell", "Layout", "METHODS", "Method", "MethodName", "MethodSettings", "ROLES", "SOURCES", "Stage", "TaskRun", "per_seed",
            "plan", "replicates", "settings", "targets_of", "task_metric", "task_runs"]

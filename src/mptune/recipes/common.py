@@ -188,7 +188,9 @@ def finish(stage: str, cfg, out: Path, accelerator, backbone: Backbone, encoder:
     for k, task in enumerate(tasks):
         entry: dict[str, Any] = {}
         files = {}
-        for split, ex in (("dev", dev[k]), ("test", test_examples(task, cfg.data, cfg.train.test_limit))):
+        splits = (("dev", dev[k]),) if cfg.train.final_dev else ()
+        entry.update({} if cfg.train.final_dev else {"dev": {}, "n_dev": 0})
+        for split, ex in (*splits, ("test", test_examples(task, cfg.data, cfg.train.test_limit))):
             r = evaluate(backbone, best, task, ex, encoder, cfg.train.eval_batch_size, task_index=k,
                          accelerator=accelerator, how=cfg.eval)
             entry[split], entry[f"n_{split}"] = r.metrics, len(ex)
@@ -243,6 +245,9 @@ def predictions(folder: Path, task_name: str, split: str = "test") -> tuple[Task
         examples = dev_examples(task, data, seed, train_examples(task, data, seed))
     else:
         examples = eval_examples(task, split, data, train.get("test_limit") if split == "test" else None)
+    if split not in entry["predictions"]:
+        raise ConfigError(f"{folder / METRICS_FILE}: no {split} predictions for {task_name!r} (a run with "
+                          f"train.final_dev=false does not evaluate dev at the end)")
     path = folder / entry["predictions"][split]
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if [r["uid"] for r in rows] != [e.uid for e in examples]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import ConfigError, DataConfig, EvalConfig, EvalMode, ModelConfig, PromptConfig, TrainConfig, _check
-from ..plan import METHODS, Layout, MethodName, Stage, per_seed, task_runs
+from ..plan import METHODS, Layout, MethodName, MethodSettings, Stage, per_seed, task_runs
 from ..runner import run_plan
 from ..utils import atomic_write_json, atomic_write_text
 from . import adapt, common, distill
@@ -68,6 +68,9 @@ class PipelineConfig:
     seed unchanged); results average the draws, then the seeds. 1 with data.few_shot_dev=full: as before draws."""
     full_data: bool = True
     """Run full-data targets (set false for a few-shot-only run)."""
+    method_settings: dict[str, MethodSettings] = field(default_factory=dict)
+    """A method's own target settings, e.g. {pt: {prompt_length: 20, lr: 0.3}, mpt: {lr_shared: 0.003}}: each
+    method at the setting chosen for it on dev (unset: the pipeline's)."""
     spot_source: Optional[str] = None
     """SPoT (spot): start from this source task's teacher (default: the teacher best on the target's dev set)."""
     rank: int = 1
@@ -108,6 +111,14 @@ class PipelineConfig:
         if "spot" in self.methods and self.few_shot_k and self.data.few_shot_dev == "none" and not self.spot_source:
             raise ConfigError("methods: spot picks its teacher on the target's dev set, which data.few_shot_dev=none "
                               "leaves empty in the few-shot settings: set spot_source, or use spot_avg")
+        for name, own in self.method_settings.items():
+            _check(name in METHODS, f"method_settings.{name}", f"unknown method (one of {list(METHODS)})")
+            for key in own.given():
+                _check(key in METHODS[name].settings, f"method_settings.{name}.{key}",
+                       f"not a setting of {name} (it takes {', '.join(METHODS[name].settings)})")
+            _check(own.lr is None or own.lr > 0, f"method_settings.{name}.lr", "must be > 0")
+            _check(own.prompt_length is None or own.prompt_length >= 1, f"method_settings.{name}.prompt_length",
+                   "must be >= 1")
         _check(self.workers >= 1, "workers", "must be >= 1")
         _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1")
         if self.spot_source is not None:
