@@ -210,3 +210,34 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     assert res2["settings"]["full"]["cells"]["pt"]["rte"]["runs"]["2"] == pt_metrics["tasks"]["rte"]["test"]["score"]
     assert res2["settings"]["full"]["cells"]["mpt"] == full["cells"]["mpt"]
     assert res2["method_from"] == {"pt": [str(tmp_path / "pt_run"), "target_train.lr=0.1"]}
+
+
+# -- v2/cost.py: the whole matrix priced from measured stages -----------------------------------
+
+def test_v2_cost_prices_the_full_plan_from_measured_stages(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.syspath_prepend(str(HERE))
+    run, cost = _load("run"), _load("v2/cost")
+    sets = ["seeds=[1]", "few_shot_k=[]", "targets=[vader_movie]", "methods=[pt,mpt]"]
+    timed = run.load_config(str(HERE / "v2/pipeline.yaml"), data_dir=str(tmp_path), sets=sets, dry_run=True)
+    planned = run.stages(timed, list(timed.methods))
+    jobs = [{"stage": s.name, "skipped": False, "cpu_s": 60.0 * (i + 1)} for i, s in enumerate(planned)]
+    jobs[0]["skipped"] = True  # a stage reused from an earlier launch is not a measurement
+    (tmp_path / "t.json").write_text(json.dumps({"timing": {"jobs": jobs}}))
+    assert cost.main(["--timing", str(tmp_path / "t.json"), "--set", *sets, "--results", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "cost.json").read_text())
+    rows = {r["stage"]: r for r in res["rows"]}
+    full = run.load_config(str(HERE / "v2/pipeline.yaml"), data_dir=str(tmp_path), dry_run=True)
+    assert res["stages"] == len(run.stages(full, list(full.methods))) == len(rows)
+    by_name = {j["stage"]: j["cpu_s"] for j in jobs}
+    assert rows["pt vader_movie seed 1"] == {"stage": "pt vader_movie seed 1", "cpu_s": by_name["pt vader_movie seed 1"],
+                                             "from": "measured"}
+    # an unmeasured target of a measured method: the mean of that method's measured runs (here one)
+    assert rows["pt cola seed 2"]["cpu_s"] == by_name["pt vader_movie seed 1"]
+    assert rows["pt vader_movie k=4 seed 3 draw 0"]["from"] == "estimate: its full-data run"
+    assert rows["pt vader_movie k=4 seed 3 draw 0"]["cpu_s"] == by_name["pt vader_movie seed 1"]
+    assert rows[planned[0].name]["from"] != "measured"  # skipped in the timed launch
+    assert res["unpriced"] == sum(r["cpu_s"] is None for r in rows.values()) > 0  # e.g. spot: never measured
+    assert res["core_hours"] == pytest.approx(sum(r["cpu_s"] or 0 for r in rows.values()) / 3600, abs=0.01)
+    assert "core-hours" in (tmp_path / "cost.md").read_text()

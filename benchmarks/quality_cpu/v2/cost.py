@@ -1,0 +1,95 @@
+"""Quality benchmark v2 (issue #18): what the whole matrix of pipeline.yaml costs, from measured stages.
+
+    python benchmarks/quality_cpu/v2/cost.py --timing runs/quality_v2/results_seed1/results.json \\
+        --set 'seeds=[1]' 'few_shot_k=[]' 'targets=[vader_movie,vader_nyt]'    # the overrides of that launch
+
+Reads the per-stage CPU seconds that ``run.py`` recorded for a launch (results.json: timing.jobs; one
+worker process per core, one torch thread each, so CPU time is core time), and prices every stage of
+the full plan of pipeline.yaml (no overrides): a stage is priced by the measured stage of the same kind
+(teacher of that task; source variant; method on that target, full data), else by the mean of the
+measured stages of its method (e.g. a target not run yet), flagged as an estimate. Few-shot runs are
+priced as full-data runs of the method: the same steps, and the per-step dev is at most as large.
+Writes cost.json / cost.md next to this file (``--results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+sys.path[:0] = [str(HERE.parent), str(REPO / "src")]
+
+
+def key(stage) -> tuple[str, str, str]:
+    """What a stage's price depends on: (teacher | source | method, its task(s) or variant, setting)."""
+    if stage.method is None:
+        return ("source", stage.folder.name, "") if stage.kind == "distill" else ("teacher", stage.tasks[0], "")
+    return stage.method, "+".join(stage.tasks), stage.setting
+
+
+def price(planned: list, measured: dict[tuple[str, str, str], float]) -> list[dict]:
+    """One row per planned stage: its CPU seconds and where the figure comes from."""
+    by_kind = collections.defaultdict(list)
+    for (kind, _, _), s in measured.items():
+        by_kind[kind].append(s)
+    rows = []
+    for st in planned:
+        k = key(st)
+        if k in measured:
+            rows.append({"stage": st.name, "cpu_s": measured[k], "from": "measured"})
+        elif (*k[:2], "full") in measured:
+            rows.append({"stage": st.name, "cpu_s": measured[(*k[:2], "full")],
+                         "from": "estimate: its full-data run"})
+        elif by_kind.get(k[0]):
+            rows.append({"stage": st.name, "cpu_s": statistics.fmean(by_kind[k[0]]),
+                         "from": f"estimate: mean of the measured {k[0]} stages"})
+        else:
+            rows.append({"stage": st.name, "cpu_s": None, "from": "no measured stage of its kind"})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--timing", required=True, help="results.json of a run.py launch (its timing.jobs)")
+    ap.add_argument("--config", default=str(HERE / "pipeline.yaml"))
+    ap.add_argument("--set", nargs="*", default=[], help="the overrides that launch ran with")
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--results", default=str(HERE))
+    args = ap.parse_args(argv)
+
+    from run import load_config, stages
+
+    timed = load_config(args.config, sets=args.set, dry_run=True)
+    jobs = {j["stage"]: j for j in json.loads(Path(args.timing).read_text())["timing"]["jobs"]}
+    measured = {key(s): jobs[s.name]["cpu_s"] for s in stages(timed, list(timed.methods))
+                if s.name in jobs and not jobs[s.name]["skipped"]}
+    full = load_config(args.config, dry_run=True)
+    rows = price(stages(full, list(full.methods)), measured)
+    known = [r["cpu_s"] for r in rows if r["cpu_s"] is not None]
+    core_h = sum(known) / 3600
+    res = {"command": "python " + " ".join([str(Path(__file__).relative_to(REPO)), *(argv or sys.argv[1:])]),
+           "measured": {" / ".join(x for x in k if x): round(v, 1) for k, v in measured.items()},
+           "stages": len(rows), "estimated": sum(r["from"] != "measured" for r in rows),
+           "unpriced": sum(r["cpu_s"] is None for r in rows), "core_hours": round(core_h, 2),
+           "cores": args.cores, "wall_hours_at_least": round(core_h / args.cores, 2), "rows": rows}
+    out = Path(args.results)
+    (out / "cost.json").write_text(json.dumps(res, indent=1) + "\n")
+    lines = ["# Quality benchmark v2: the cost of the whole matrix", "", f"Made by `{res['command']}`.", "",
+             f"The full plan of pipeline.yaml has {res['stages']} stages; priced from the stages measured in that "
+             f"launch ({len(measured)}), {res['estimated']} of them by estimate ({res['unpriced']} unpriced): "
+             f"**{core_h:.1f} core-hours, at least {res['wall_hours_at_least']:.1f} h wall on {args.cores} cores** "
+             "(perfect packing).", "", "| measured stage | CPU min |", "|---|---|"]
+    lines += [f"| {k} | {v / 60:.1f} |" for k, v in res["measured"].items()]
+    (out / "cost.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
