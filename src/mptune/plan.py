@@ -232,7 +232,6 @@ class Method:
     settings: tuple[str, ...] = ("lr",)  # the MethodSettings fields it takes
 
 
-
 ADAPT_SETTINGS = ("lr", "lr_shared", "lr_task")  # the MPT methods' (adapt) own settings
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("pt", "PT", "tab:gray", "main", None, _pt, "vanilla prompt tuning from sampled vocabulary",
@@ -340,5 +339,5 @@ def task_metric(run: TaskRun) -> str:
     return "/".join(t.score_metrics or t.metrics)
 
 
-__all__ = ["Cell", "Layout", "METHODS", "Method", "MethodName", "MethodSettings", "ROLES", "SOURCES", "Stage", "TaskRun", "per_seed",
-           "plan", "replicates", "settings", "targets_of", "task_metric", "task_runs"]
+__all__ = ["Cell", "Layout", "METHODS", "Method", "MethodName", "MethodSettings", "ROLES", "SOURCES", "Stage",
+           "TaskRun", "per_seed", "plan", "replicates", "settings", "targets_of", "task_metric", "task_runs"]
