@@ -241,3 +241,10 @@ def test_v2_cost_prices_the_full_plan_from_measured_stages(tmp_path, monkeypatch
     assert res["unpriced"] == sum(r["cpu_s"] is None for r in rows.values()) > 0  # e.g. spot: never measured
     assert res["core_hours"] == pytest.approx(sum(r["cpu_s"] or 0 for r in rows.values()) / 3600, abs=0.01)
     assert "core-hours" in (tmp_path / "cost.md").read_text()
+    # a launch's runner log (stopped before run.py wrote results.json): the "done" lines' seconds
+    log = tmp_path / "run.log"
+    log.write_text("[12:44:53] start teacher vader_amazon\n[12:56:49] done  teacher vader_amazon (709s)\n"
+                   "[13:07:26] done  pt vader_movie seed 1 (637s)\n[13:08:00] FAILED mpt vader_movie seed 1: x\n")
+    assert cost.read_jobs(log) == {
+        "teacher vader_amazon": {"stage": "teacher vader_amazon", "skipped": False, "cpu_s": 709.0},
+        "pt vader_movie seed 1": {"stage": "pt vader_movie seed 1", "skipped": False, "cpu_s": 637.0}}

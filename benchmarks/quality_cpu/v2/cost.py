@@ -4,7 +4,8 @@
         --set 'seeds=[1]' 'few_shot_k=[]' 'targets=[vader_movie,vader_nyt]'    # the overrides of that launch
 
 Reads the per-stage CPU seconds that ``run.py`` recorded for a launch (results.json: timing.jobs; one
-worker process per core, one torch thread each, so CPU time is core time), and prices every stage of
+worker process per core, one torch thread each, so CPU time is core time; or the wall seconds of the
+runner's "done" lines in its log), and prices every stage of
 the full plan of pipeline.yaml (no overrides): a stage is priced by the measured stage of the same kind
 (teacher of that task; source variant; method on that target, full data), else by the mean of the
 measured stages of its method (e.g. a target not run yet), flagged as an estimate. Few-shot runs are
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -54,9 +56,24 @@ def price(planned: list, measured: dict[tuple[str, str, str], float]) -> list[di
     return rows
 
 
+DONE = re.compile(r"^\[[0-9:]+\] done  (?P<stage>.+) \((?P<s>[0-9.]+)s\)$")
+
+
+def read_jobs(path: Path) -> dict[str, dict]:
+    """stage name -> {skipped, cpu_s}: run.py's results.json (timing.jobs), or, for a launch stopped before
+    it wrote one, the runner's log (its "done <stage> (<N>s)" lines: wall seconds, which equal core
+    seconds when each stage process has a core of its own)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".json":
+        return {j["stage"]: j for j in json.loads(text)["timing"]["jobs"]}
+    done = (DONE.match(line.replace("\0", "").strip()) for line in text.splitlines())
+    return {m["stage"]: {"stage": m["stage"], "skipped": False, "cpu_s": float(m["s"])} for m in done if m}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--timing", required=True, help="results.json of a run.py launch (its timing.jobs)")
+    ap.add_argument("--timing", required=True,
+                    help="results.json of a run.py launch (its timing.jobs), or that launch's runner log")
     ap.add_argument("--config", default=str(HERE / "pipeline.yaml"))
     ap.add_argument("--set", nargs="*", default=[], help="the overrides that launch ran with")
     ap.add_argument("--cores", type=int, default=2)
@@ -66,7 +83,7 @@ def main(argv=None) -> int:
     from run import load_config, stages
 
     timed = load_config(args.config, sets=args.set, dry_run=True)
-    jobs = {j["stage"]: j for j in json.loads(Path(args.timing).read_text())["timing"]["jobs"]}
+    jobs = read_jobs(Path(args.timing))
     measured = {key(s): jobs[s.name]["cpu_s"] for s in stages(timed, list(timed.methods))
                 if s.name in jobs and not jobs[s.name]["skipped"]}
     full = load_config(args.config, dry_run=True)
@@ -84,7 +101,7 @@ def main(argv=None) -> int:
              f"The full plan of pipeline.yaml has {res['stages']} stages; priced from the stages measured in that "
              f"launch ({len(measured)}), {res['estimated']} of them by estimate ({res['unpriced']} unpriced): "
              f"**{core_h:.1f} core-hours, at least {res['wall_hours_at_least']:.1f} h wall on {args.cores} cores** "
-             "(perfect packing).", "", "| measured stage | CPU min |", "|---|---|"]
+             "(perfect packing).", "", "| measured stage | core min |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in res["measured"].items()]
     (out / "cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
