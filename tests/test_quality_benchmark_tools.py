@@ -238,7 +238,10 @@ def test_v2_cost_prices_the_full_plan_from_measured_stages(tmp_path, monkeypatch
     assert rows["pt vader_movie k=4 seed 3 draw 0"]["from"] == "estimate: its full-data run"
     assert rows["pt vader_movie k=4 seed 3 draw 0"]["cpu_s"] == by_name["pt vader_movie seed 1"]
     assert rows[planned[0].name]["from"] != "measured"  # skipped in the timed launch
-    assert res["unpriced"] == sum(r["cpu_s"] is None for r in rows.values()) > 0  # e.g. spot: never measured
+    targets = [by_name[n] for n in ("mpt vader_movie seed 1", "pt vader_movie seed 1")]
+    assert rows["spot cola seed 1"] == {"stage": "spot cola seed 1", "cpu_s": sum(targets) / 2,
+                                        "from": "estimate: mean of the measured target runs"}  # never measured
+    assert res["unpriced"] == sum(r["cpu_s"] is None for r in rows.values()) == 0
     assert res["core_hours"] == pytest.approx(sum(r["cpu_s"] or 0 for r in rows.values()) / 3600, abs=0.01)
     assert "core-hours" in (tmp_path / "cost.md").read_text()
     # a launch's runner log (stopped before run.py wrote results.json): the "done" lines' seconds

@@ -8,7 +8,8 @@ worker process per core, one torch thread each, so CPU time is core time; or the
 runner's "done" lines in its log), and prices every stage of
 the full plan of pipeline.yaml (no overrides): a stage is priced by the measured stage of the same kind
 (teacher of that task; source variant; method on that target, full data), else by the mean of the
-measured stages of its method (e.g. a target not run yet), flagged as an estimate. Few-shot runs are
+measured stages of its method (e.g. a target not run yet), else (a method not measured) by the mean of
+all measured target runs, each flagged as an estimate. Few-shot runs are
 priced as full-data runs of the method: the same steps, and the per-step dev is at most as large.
 Writes cost.json / cost.md next to this file (``--results``).
 """
@@ -40,6 +41,7 @@ def price(planned: list, measured: dict[tuple[str, str, str], float]) -> list[di
     by_kind = collections.defaultdict(list)
     for (kind, _, _), s in measured.items():
         by_kind[kind].append(s)
+    targets = [s for (kind, _, _), s in measured.items() if kind not in ("teacher", "source")]
     rows = []
     for st in planned:
         k = key(st)
@@ -51,6 +53,9 @@ def price(planned: list, measured: dict[tuple[str, str, str], float]) -> list[di
         elif by_kind.get(k[0]):
             rows.append({"stage": st.name, "cpu_s": statistics.fmean(by_kind[k[0]]),
                          "from": f"estimate: mean of the measured {k[0]} stages"})
+        elif st.method is not None and targets:  # a method not measured: like any target run (100 steps)
+            rows.append({"stage": st.name, "cpu_s": statistics.fmean(targets),
+                         "from": "estimate: mean of the measured target runs"})
         else:
             rows.append({"stage": st.name, "cpu_s": None, "from": "no measured stage of its kind"})
     return rows
