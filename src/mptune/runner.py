@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -77,6 +78,14 @@ def _run_stage(stage: Stage, to_log: bool = False) -> dict:
     return {"started": round(t0, 3), "finished": round(time.time(), 3), "cpu_s": round(time.process_time() - c0, 1)}
 
 
+DONE_LINE = re.compile(r"^\[[0-9:]+\] done  (?P<stage>.+) \((?P<s>[0-9.]+)s\)$")  # a done_line as _say prints it
+
+
+def done_line(name: str, times: dict) -> str:
+    """The message for a finished stage (DONE_LINE reads it back from a launch's log)."""
+    return f"done  {name} ({times['finished'] - times['started']:.0f}s)"
+
+
 def record(stage: Stage, times: Optional[dict]) -> dict:
     """What happened to a stage in this launch: skipped (finished earlier) or ran, with its times."""
     rec = {"stage": stage.name, "folder": str(stage.folder), "skipped": times is None}
@@ -120,7 +129,7 @@ def run_plan(stages: Sequence[Stage], workers: int = 1, threads: Optional[int] =
             for s in pending:
                 say(f"start {s.name}")
                 times[s.name] = _run_stage(s)
-                say(f"done  {s.name} ({times[s.name]['finished'] - times[s.name]['started']:.0f}s)")
+                say(done_line(s.name, times[s.name]))
         else:
             _run_parallel(pending, times, workers, threads, say)
     return [record(s, times[s.name]) for s in stages]
@@ -162,5 +171,5 @@ def _schedule(pool, pending: list[Stage], times: dict, workers: int, say) -> Opt
                 say(f"FAILED {s.name}: {type(e).__name__}: {e} (its output: {s.folder / LOG_FILE})")
                 error = error or e
                 continue
-            say(f"done  {s.name} ({times[s.name]['finished'] - times[s.name]['started']:.0f}s)")
+            say(done_line(s.name, times[s.name]))
     return error

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -61,17 +60,16 @@ def price(planned: list, measured: dict[tuple[str, str, str], float]) -> list[di
     return rows
 
 
-DONE = re.compile(r"^\[[0-9:]+\] done  (?P<stage>.+) \((?P<s>[0-9.]+)s\)$")
-
-
 def read_jobs(path: Path) -> dict[str, dict]:
     """stage name -> {skipped, cpu_s}: run.py's results.json (timing.jobs), or, for a launch stopped before
     it wrote one, the runner's log (its "done <stage> (<N>s)" lines: wall seconds, which equal core
     seconds when each stage process has a core of its own)."""
+    from mptune.runner import DONE_LINE
+
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix == ".json":
         return {j["stage"]: j for j in json.loads(text)["timing"]["jobs"]}
-    done = (DONE.match(line.replace("\0", "").strip()) for line in text.splitlines())
+    done = (DONE_LINE.match(line.replace("\0", "").strip()) for line in text.splitlines())
     return {m["stage"]: {"stage": m["stage"], "skipped": False, "cpu_s": float(m["s"])} for m in done if m}
 
 
