@@ -131,3 +131,54 @@ def test_workers_end_when_the_runner_is_killed(tmp_path):
         os.kill(p, signal.SIGKILL)
     # the resource tracker is a child too; the stage workers are what must not run on
     assert not left, json.dumps({"still running": left})
+
+
+@pytest.mark.parametrize("other_finishes", [True, False])
+def test_a_stage_another_launch_holds_is_not_run_twice(tmp_path, monkeypatch, other_finishes):
+    """Two launches on one folder (run.py --reverse beside a forward launch): a stage the other launch
+    holds is left to it; this launch runs the rest meanwhile, then counts it as finished elsewhere, or
+    runs it itself if the other launch let it go unfinished (killed, say)."""
+    import fcntl
+    import os
+
+    from mptune import runner
+
+    monkeypatch.setattr(runner, "BUSY_POLL_S", 0.05)
+    stages = [_stage(tmp_path, "a", seconds=0), _stage(tmp_path, "b", seconds=0)]
+    (tmp_path / "a").mkdir()
+    other = os.open(tmp_path / "a" / runner.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "the other launch" is running a
+    said = []
+
+    def say(msg: str) -> None:
+        said.append(msg)
+        if msg.startswith("done  b"):  # the other launch ends a while this one has been waiting for it
+            if other_finishes:
+                common.write_stage(tmp_path / "a", "nap", stages[0].config)
+            os.close(other)
+
+    recs = {r["stage"]: r for r in run_plan(stages, workers=1, say=say)}
+    assert said[0].startswith("[busy] a") and said[1] == "start b"
+    assert not recs["b"]["skipped"]
+    if other_finishes:
+        assert recs["a"]["skipped"] and not (tmp_path / "a.started").exists()  # not run a second time
+        assert said[-1] == "[skip] a (finished by another launch)"
+    else:
+        assert not recs["a"]["skipped"] and (tmp_path / "a.started").exists()
+        assert (tmp_path / "a" / "stage.json").is_file() and said[-2] == "start a"
+
+
+def test_a_launch_lets_go_of_its_stages(tmp_path):
+    """The lock ends with the stage: a second launch can take a stage the first one ran or failed."""
+    import fcntl
+    import os
+
+    from mptune.runner import LOCK_FILE
+
+    stages = [_stage(tmp_path, "a", seconds=0), _stage(tmp_path, "b", seconds=0, fail=True)]
+    with pytest.raises(ValueError, match="boom"):
+        run_plan(stages, workers=2, say=lambda m: None)
+    for name in "ab":
+        fd = os.open(tmp_path / name / LOCK_FILE, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if still held
+        os.close(fd)

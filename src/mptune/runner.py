@@ -16,6 +16,12 @@ each stage starts and finishes. A worker ends itself when this process is gone (
 say), so no orphan goes on writing into a stage folder. Every stage gets a record: start and finish times
 (epoch seconds, so stages that overlapped keep their own wall time) and the CPU
 seconds of its process.
+
+Several launches may share a plan's folders (e.g. ``benchmarks/quality_cpu/run.py --reverse``
+beside a forward launch, meeting half way): a launch holds a lock on each stage it runs
+(``flock`` on ``<folder>/.lock``, let go when the stage ends or the launch dies), and a stage
+that another launch holds is not started twice: this launch runs other stages meanwhile,
+then waits for it and counts it as finished elsewhere.
 """
 
 from __future__ import annotations
@@ -27,7 +33,13 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Callable, Optional, Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; launches sharing a folder are not guarded there
+    fcntl = None
 
 from .config import ConfigError
 from .plan import Stage
@@ -62,6 +74,33 @@ def _init_worker(threads: Optional[int], parent: int) -> None:
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false"}  # the workers' environment: no tokenizer threads on top
 LOG_FILE = "output.log"  # a worker's stage writes its progress bars and messages here, not to the terminal
 ORPHAN_POLL_S = 0.5  # how often a worker checks that the runner is still there
+LOCK_FILE = ".lock"  # in a stage folder: flock-ed by the launch running that stage (never deleted: see _Claim)
+BUSY_POLL_S = 5.0  # how often a launch looks again at stages that another launch is running
+
+
+class _Claim:
+    """This launch's hold on one stage folder: an exclusive flock on <folder>/.lock, taken without
+    waiting. The file stays when let go: deleting it would let a third launch lock a new file while a
+    second still holds the old one. The lock ends with the launch's process, so a killed launch never
+    leaves a stage locked."""
+
+    def __init__(self, folder: Path):
+        self.fd: Optional[int] = None
+        if fcntl is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor lets the flock go
+            self.fd = None
 
 
 def _run_stage(stage: Stage, to_log: bool = False) -> dict:
@@ -126,13 +165,24 @@ def run_plan(stages: Sequence[Stage], workers: int = 1, threads: Optional[int] =
     if pending:
         if workers == 1:
             _set_threads(threads)
-            for s in pending:
-                say(f"start {s.name}")
-                times[s.name] = _run_stage(s)
-                say(done_line(s.name, times[s.name]))
+            error = _schedule(_InProcess(), pending, times, 1, say)
+            if error is not None:
+                raise error
         else:
             _run_parallel(pending, times, workers, threads, say)
     return [record(s, times[s.name]) for s in stages]
+
+
+class _InProcess:
+    """The executor of ``workers = 1``: runs a stage in this process when it is submitted."""
+
+    def submit(self, fn, *args) -> Future:
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to the scheduler like a worker's error
+            f.set_exception(e)
+        return f
 
 
 def _run_parallel(pending: list[Stage], times: dict, workers: int, threads: Optional[int], say) -> None:
@@ -151,20 +201,43 @@ def _run_parallel(pending: list[Stage], times: dict, workers: int, threads: Opti
 
 def _schedule(pool, pending: list[Stage], times: dict, workers: int, say) -> Optional[BaseException]:
     """Start each stage whose dependencies are done while a worker is free (earliest in the plan first);
-    after a failure start nothing new. The first error, once the running stages are done."""
-    running: dict[Future, Stage] = {}
+    a stage that another launch is running waits until that launch lets it go (then it is done, or this
+    launch runs it); after a failure start nothing new. The first error, once the running stages are done."""
+    running: dict[Future, tuple[Stage, _Claim]] = {}
+    busy: set[str] = set()  # stages another launch holds (said once)
     error: Optional[BaseException] = None
     while running or (pending and error is None):
         ready = [s for s in pending if all(n in times for n in s.needs)] if error is None else []
-        for s in ready[: workers - len(running)]:
+        for s in ready:
+            if len(running) >= workers:
+                break
+            try:
+                claim = _Claim(s.folder)
+            except BlockingIOError:
+                if s.name not in busy:
+                    busy.add(s.name)
+                    say(f"[busy] {s.name} (another launch is running it; waiting for it)")
+                continue
             pending.remove(s)
-            running[pool.submit(_run_stage, s, True)] = s
+            if s.done():  # finished by another launch since this one looked
+                claim.release()
+                times[s.name] = None
+                say(f"[skip] {s.name} (finished by another launch)")
+                continue
             say(f"start {s.name}")
-        if not running:  # cannot happen for a checked plan; never wait on nothing
-            raise ConfigError(f"plan: no stage can start; waiting: {[s.name for s in pending]}")
-        finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            running[pool.submit(_run_stage, s, workers > 1)] = (s, claim)
+        if not running:
+            if pending and error is None and any(s.name in busy for s in pending):
+                time.sleep(BUSY_POLL_S)  # only stages held elsewhere (or waiting on them) are left
+                continue
+            if pending and error is None:  # cannot happen for a checked plan; never wait on nothing
+                raise ConfigError(f"plan: no stage can start; waiting: {[s.name for s in pending]}")
+            break
+        finished, _ = wait(list(running), timeout=BUSY_POLL_S if busy & {s.name for s in pending} else None,
+                           return_when=FIRST_COMPLETED)
         for f in finished:
-            s = running.pop(f)
+            s, claim = running.pop(f)
+            claim.release()
             try:
                 times[s.name] = f.result()
             except BaseException as e:  # noqa: BLE001 - raised once the running stages are done
