@@ -251,3 +251,10 @@ def test_v2_cost_prices_the_full_plan_from_measured_stages(tmp_path, monkeypatch
     assert cost.read_jobs(log) == {
         "teacher vader_amazon": {"stage": "teacher vader_amazon", "skipped": False, "cpu_s": 709.0},
         "pt vader_movie seed 1": {"stage": "pt vader_movie seed 1", "skipped": False, "cpu_s": 637.0}}
+    # several launches: a kind of stage measured more than once (other seeds, other logs) is priced by its mean
+    assert cost.main(["--timing", str(tmp_path / "t.json"), str(log), "--set", *sets,
+                      "--results", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "cost.json").read_text())
+    rows = {r["stage"]: r for r in res["rows"]}
+    assert rows["pt vader_movie seed 1"]["cpu_s"] == (by_name["pt vader_movie seed 1"] + 637.0) / 2
+    assert res["runs_measured"]["pt / vader_movie / full"] == 2 and res["runs_measured"]["mpt / vader_movie / full"] == 1

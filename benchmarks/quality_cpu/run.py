@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--reverse", action="store_true",
                     help="run the target jobs last-first (a second runner on the same folder meets the first "
-                         "half way; finished stages are skipped)")
+                         "half way; finished stages are skipped, a stage the other is running is left to it)")
     ap.add_argument("--stop-after", choices=["teachers", "source training"], default=None,
                     help="stop after this phase (e.g. to inspect the starting prompts with init_scores.py)")
     ap.add_argument("--collect-only", action="store_true",

@@ -3,11 +3,12 @@
     python benchmarks/quality_cpu/v2/cost.py --timing runs/quality_v2/results_seed1/results.json \\
         --set 'seeds=[1]' 'few_shot_k=[]' 'targets=[vader_movie,vader_nyt]'    # the overrides of that launch
 
-Reads the per-stage CPU seconds that ``run.py`` recorded for a launch (results.json: timing.jobs; one
-worker process per core, one torch thread each, so CPU time is core time; or the wall seconds of the
-runner's "done" lines in its log), and prices every stage of
-the full plan of pipeline.yaml (no overrides): a stage is priced by the measured stage of the same kind
-(teacher of that task; source variant; method on that target, full data), else by the mean of the
+Reads the per-stage CPU seconds that ``run.py`` recorded for one or more launches of the same overrides
+(results.json: timing.jobs; one worker process per core, one torch thread each, so CPU time is core
+time; or the wall seconds of the runner's "done" lines in its log), and prices every stage of
+the full plan of pipeline.yaml (no overrides): a stage is priced by the measured stages of the same kind
+(teacher of that task; source variant; method on that target, full data; the mean where several seeds
+ran), else by the mean of the
 measured stages of its method (e.g. a target not run yet), else (a method not measured) by the mean of
 all measured target runs, each flagged as an estimate. Few-shot runs are
 priced as full-data runs of the method: the same steps, and the per-step dev is at most as large.
@@ -75,8 +76,8 @@ def read_jobs(path: Path) -> dict[str, dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--timing", required=True,
-                    help="results.json of a run.py launch (its timing.jobs), or that launch's runner log")
+    ap.add_argument("--timing", required=True, nargs="+",
+                    help="results.json of run.py launches (their timing.jobs), or those launches' runner logs")
     ap.add_argument("--config", default=str(HERE / "pipeline.yaml"))
     ap.add_argument("--set", nargs="*", default=[], help="the overrides that launch ran with")
     ap.add_argument("--cores", type=int, default=2)
@@ -86,15 +87,20 @@ def main(argv=None) -> int:
     from run import load_config, stages
 
     timed = load_config(args.config, sets=args.set, dry_run=True)
-    jobs = read_jobs(Path(args.timing))
-    measured = {key(s): jobs[s.name]["cpu_s"] for s in stages(timed, list(timed.methods))
-                if s.name in jobs and not jobs[s.name]["skipped"]}
+    runs = collections.defaultdict(list)  # kind of stage -> its measured CPU seconds (each seed, each log)
+    for path in args.timing:
+        jobs = read_jobs(Path(path))
+        for s in stages(timed, list(timed.methods)):
+            if s.name in jobs and not jobs[s.name]["skipped"]:
+                runs[key(s)].append(jobs[s.name]["cpu_s"])
+    measured = {k: statistics.fmean(v) for k, v in runs.items()}
     full = load_config(args.config, dry_run=True)
     rows = price(stages(full, list(full.methods)), measured)
     known = [r["cpu_s"] for r in rows if r["cpu_s"] is not None]
     core_h = sum(known) / 3600
     res = {"command": "python " + " ".join([str(Path(__file__).relative_to(REPO)), *(argv or sys.argv[1:])]),
            "measured": {" / ".join(x for x in k if x): round(v, 1) for k, v in measured.items()},
+           "runs_measured": {" / ".join(x for x in k if x): len(v) for k, v in runs.items()},
            "stages": len(rows), "estimated": sum(r["from"] != "measured" for r in rows),
            "unpriced": sum(r["cpu_s"] is None for r in rows), "core_hours": round(core_h, 2),
            "cores": args.cores, "wall_hours_at_least": round(core_h / args.cores, 2), "rows": rows}
@@ -102,10 +108,10 @@ def main(argv=None) -> int:
     (out / "cost.json").write_text(json.dumps(res, indent=1) + "\n")
     lines = ["# Quality benchmark v2: the cost of the whole matrix", "", f"Made by `{res['command']}`.", "",
              f"The full plan of pipeline.yaml has {res['stages']} stages; priced from the stages measured in that "
-             f"launch ({len(measured)}), {res['estimated']} of them by estimate ({res['unpriced']} unpriced): "
+             f"launch(es) ({len(measured)} kinds, {sum(map(len, runs.values()))} stages), {res['estimated']} of them by estimate ({res['unpriced']} unpriced): "
              f"**{core_h:.1f} core-hours, at least {res['wall_hours_at_least']:.1f} h wall on {args.cores} cores** "
-             "(perfect packing).", "", "| measured stage | core min |", "|---|---|"]
-    lines += [f"| {k} | {v / 60:.1f} |" for k, v in res["measured"].items()]
+             "(perfect packing).", "", "| measured stage | core min (mean) | runs |", "|---|---|---|"]
+    lines += [f"| {k} | {v / 60:.1f} | {res['runs_measured'][k]} |" for k, v in res["measured"].items()]
     (out / "cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
