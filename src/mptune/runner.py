@@ -166,10 +166,10 @@ def run_plan(stages: Sequence[Stage], workers: int = 1, threads: Optional[int] =
         if workers == 1:
             _set_threads(threads)
             error = _schedule(_InProcess(), pending, times, 1, say)
-            if error is not None:
-                raise error
         else:
-            _run_parallel(pending, times, workers, threads, say)
+            error = _run_parallel(pending, times, workers, threads, say)
+        if error is not None:
+            raise error
     return [record(s, times[s.name]) for s in stages]
 
 
@@ -185,7 +185,8 @@ class _InProcess:
         return f
 
 
-def _run_parallel(pending: list[Stage], times: dict, workers: int, threads: Optional[int], say) -> None:
+def _run_parallel(pending: list[Stage], times: dict, workers: int, threads: Optional[int],
+                  say) -> Optional[BaseException]:
     added = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
     os.environ.update(added)  # spawned workers copy this process's environment when they start
     try:
@@ -195,8 +196,7 @@ def _run_parallel(pending: list[Stage], times: dict, workers: int, threads: Opti
     finally:
         for k in added:
             os.environ.pop(k, None)
-    if error is not None:
-        raise error
+    return error
 
 
 def _schedule(pool, pending: list[Stage], times: dict, workers: int, say) -> Optional[BaseException]:
@@ -226,15 +226,15 @@ def _schedule(pool, pending: list[Stage], times: dict, workers: int, say) -> Opt
                 continue
             say(f"start {s.name}")
             running[pool.submit(_run_stage, s, workers > 1)] = (s, claim)
-        if not running:
-            if pending and error is None and any(s.name in busy for s in pending):
-                time.sleep(BUSY_POLL_S)  # only stages held elsewhere (or waiting on them) are left
-                continue
-            if pending and error is None:  # cannot happen for a checked plan; never wait on nothing
+        held = busy & {s.name for s in pending}  # still held by another launch: look again in a while
+        if not running:  # no error here (the loop's condition); pending may have emptied just above
+            if not pending:  # the last stages were finished by another launch
+                break
+            if not held:  # cannot happen for a checked plan; never wait on nothing
                 raise ConfigError(f"plan: no stage can start; waiting: {[s.name for s in pending]}")
-            break
-        finished, _ = wait(list(running), timeout=BUSY_POLL_S if busy & {s.name for s in pending} else None,
-                           return_when=FIRST_COMPLETED)
+            time.sleep(BUSY_POLL_S)  # only stages held elsewhere (or waiting on them) are left
+            continue
+        finished, _ = wait(list(running), timeout=BUSY_POLL_S if held else None, return_when=FIRST_COMPLETED)
         for f in finished:
             s, claim = running.pop(f)
             claim.release()

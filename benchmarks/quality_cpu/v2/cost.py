@@ -8,9 +8,8 @@ Reads the per-stage CPU seconds that ``run.py`` recorded for one or more launche
 time; or the wall seconds of the runner's "done" lines in its log), and prices every stage of
 the full plan of pipeline.yaml (no overrides): a stage is priced by the measured stages of the same kind
 (teacher of that task; source variant; method on that target, full data; the mean where several seeds
-ran), else by the mean of the
-measured stages of its method (e.g. a target not run yet), else (a method not measured) by the mean of
-all measured target runs, each flagged as an estimate. Few-shot runs are
+ran), else by the mean of the measured stages of its method (e.g. a target not run yet), else (a method
+not measured) by the mean of all measured target runs, each flagged as an estimate. Few-shot runs are
 priced as full-data runs of the method: the same steps, and the per-step dev is at most as large.
 Writes cost.json / cost.md next to this file (``--results``).
 """
@@ -87,10 +86,11 @@ def main(argv=None) -> int:
     from run import load_config, stages
 
     timed = load_config(args.config, sets=args.set, dry_run=True)
+    timed_stages = stages(timed, list(timed.methods))
     runs = collections.defaultdict(list)  # kind of stage -> its measured CPU seconds (each seed, each log)
     for path in args.timing:
         jobs = read_jobs(Path(path))
-        for s in stages(timed, list(timed.methods)):
+        for s in timed_stages:
             if s.name in jobs and not jobs[s.name]["skipped"]:
                 runs[key(s)].append(jobs[s.name]["cpu_s"])
     measured = {k: statistics.fmean(v) for k, v in runs.items()}
@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     (out / "cost.json").write_text(json.dumps(res, indent=1) + "\n")
     lines = ["# Quality benchmark v2: the cost of the whole matrix", "", f"Made by `{res['command']}`.", "",
              f"The full plan of pipeline.yaml has {res['stages']} stages; priced from the stages measured in that "
-             f"launch(es) ({len(measured)} kinds, {sum(map(len, runs.values()))} stages), {res['estimated']} of them by estimate ({res['unpriced']} unpriced): "
+             f"launch(es) ({len(measured)} kinds, {sum(map(len, runs.values()))} stages), {res['estimated']} of "
+             f"them by estimate ({res['unpriced']} unpriced): "
              f"**{core_h:.1f} core-hours, at least {res['wall_hours_at_least']:.1f} h wall on {args.cores} cores** "
              "(perfect packing).", "", "| measured stage | core min (mean) | runs |", "|---|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} | {res['runs_measured'][k]} |" for k, v in res["measured"].items()]
