@@ -125,6 +125,23 @@ def test_tasks_check_reports_splits_examples_and_labels(tmp_path, capsys):
     assert "  source: colour: " in out and "problems: none" in out
 
 
+def test_tasks_check_looks_up_relative_files_under_mptune_data_dir(tmp_path, capsys, monkeypatch):
+    # the data files live in the data folder, the definition elsewhere: $MPTUNE_DATA_DIR finds them, as in `run`
+    write_task(tmp_path / "data" / "colour")
+    d = yaml.safe_load((tmp_path / "data" / "colour" / "colour.yaml").read_text())
+    d["files"] = {s: f"colour/{s}.jsonl" for s in ("train", "dev", "test")}
+    f = tmp_path / "defs" / "colour.yaml"
+    f.parent.mkdir()
+    f.write_text(yaml.safe_dump(d))
+    monkeypatch.delenv("MPTUNE_DATA_DIR", raising=False)
+    assert main(["tasks", f"check={f}"]) == 2
+    assert "files.train: data file not found: 'colour/train.jsonl'" in capsys.readouterr().out
+    monkeypatch.setenv("MPTUNE_DATA_DIR", str(tmp_path / "data"))
+    assert main(["tasks", f"check={f}"]) == 0
+    out = capsys.readouterr().out
+    assert "paper splits: train 12, dev 6, test 6" in out and "problems: none" in out
+
+
 def test_tasks_check_lists_every_problem_with_line_and_key(tmp_path, capsys):
     f = write_task(tmp_path)
     (tmp_path / "dev.jsonl").write_text('{"text": "a red cat", "label": "maybe"}\n{"text": "x", "label": "perhaps"}\n')

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..assets import resolve_data_dir
 from ..config import TextFormat
 from ..tasks import TaskDefinitionError, list_tasks
 from ..tasks.resolve import TASK_FILE_SUFFIXES, TaskCheck, check_task, load_task_file, resolve_task
@@ -19,7 +20,7 @@ class TasksConfig:
     """Only tasks of this group (glue, superglue, mrqa, others, ...)."""
     data_dir: Optional[str] = None
     """Folder of original files: count examples from the files found there (and where a task file's relative
-    data paths are looked up first)."""
+    data paths are looked up first); default $MPTUNE_DATA_DIR."""
     check: Optional[str] = None
     """A task file (.yaml/.yml/.json) or registry name to validate without a model: paper split sizes, one
     rendered example per split, the label words, and every problem with file:line and key."""
@@ -31,13 +32,13 @@ def check_cmd(cfg: TasksConfig) -> TaskCheck:
     """Print the check of a task file (or registry task); its problems, if any, end in a TaskDefinitionError."""
     f = Path(cfg.check).expanduser()
     fmt = TextFormat(cfg.format).value
+    data_dir = resolve_data_dir(cfg.data_dir)
     if f.suffix.lower() in TASK_FILE_SUFFIXES and f.is_file():
-        report = load_task_file(f, cfg.data_dir)
+        report = load_task_file(f, data_dir)
         if report.task is not None and not report.problems and fmt != TextFormat.t5.value:
-            report = check_task(report.task.with_format(fmt), cfg.data_dir, report.origin)
+            report = check_task(report.task.with_format(fmt), data_dir, report.origin)
     else:  # a registry name; or a missing / wrong file, which resolve_task reports
-        report = check_task(resolve_task(cfg.check, cfg.data_dir, check_data=False, key="check", fmt=fmt),
-                            cfg.data_dir)
+        report = check_task(resolve_task(cfg.check, data_dir, check_data=False, key="check", fmt=fmt), data_dir)
     print(report.render())
     if report.problems:
         raise TaskDefinitionError(f"{len(report.problems)} problem(s) in {report.origin or cfg.check} (listed above)")
@@ -52,7 +53,7 @@ def list_tasks_cmd(cfg: TasksConfig):
         if cfg.group and t.group != cfg.group:
             continue
         rows.append({"name": t.name, "group": t.group, "kind": t.kind.value, "source": t.source_label(),
-                     "sizes": t.sizes(cfg.data_dir), "metrics": ",".join(t.metrics)})
+                     "sizes": t.sizes(resolve_data_dir(cfg.data_dir)), "metrics": ",".join(t.metrics)})
     if not rows:
         print(f"no tasks in group {cfg.group!r}")
         return rows
