@@ -1,5 +1,6 @@
 """The quality benchmark's reporting helpers (benchmarks/quality_cpu): averages, pairing, tables."""
 
+import collections
 import importlib.util
 from pathlib import Path
 
@@ -194,8 +195,14 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
         want = sum(cells[c["a"]]["rte"]["runs"][s] - cells[c["b"]]["rte"]["runs"][s] for s in ("1", "2")) / 2
         assert iv["diff"] == pytest.approx(want)
     assert [p[0] for p in full["curves"]["pt"]["rte"]] == [2, 4]
+    # each target's trivial baseline on its test examples: the majority label word of the prediction file
+    rows = [json.loads(line) for line in (tmp_path / "run/targets/full/pt/seed-1/rte/predictions_rte_test.jsonl")
+            .read_text().splitlines()]
+    top = max(collections.Counter(r["target"] for r in rows).values())
+    assert res["trivial"]["rte"] == {"score": pytest.approx(100 * top / len(rows)), "is": "majority class", "n_test": 8}
+    assert res["trivial"]["stsb"]["is"] == "constant" and res["trivial"]["stsb"]["score"] == 0
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md
+    assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md and "| *trivial baseline* | " in md
     assert (tmp_path / "out" / "dev_curves.png").stat().st_size > 0
     # PT's cells from another run folder (e.g. the setting its sweep chose): launched with other overrides
     other = {**cfg, "output_dir": str(tmp_path / "pt_run"), "methods": ["pt"],

@@ -64,9 +64,20 @@ def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> l
     return out
 
 
+def trivial(task, examples) -> tuple[float, str]:
+    """The score of answering every example alike: the majority class of these examples (classification),
+    the empty answer (generation), a constant (regression: no correlation, 0)."""
+    if task.kind.value == "classification":
+        label = collections.Counter(e.label for e in examples).most_common(1)[0][0]
+        return task.score(examples, [label] * len(examples))["score"], "majority class"
+    if task.kind.value == "generation":
+        return task.score(examples, [""] * len(examples))["score"], "empty answer"
+    return 0.0, "constant"
+
+
 def teachers(run_dir: Path) -> list[dict]:
     """Each finished teacher of the run folder (also those left out of `sources` afterwards): its dev
-    score against its dev set's majority class (generation: the empty answer)."""
+    score against its dev set's trivial baseline."""
     from mptune.recipes import common
 
     out = []
@@ -74,16 +85,27 @@ def teachers(run_dir: Path) -> list[dict]:
         metrics = common.read_metrics(folder)
         for t, entry in metrics.get("tasks", {}).items():
             task, examples, _ = common.predictions(folder, t, "dev")
-            if task.kind.value == "classification":
-                label = collections.Counter(e.label for e in examples).most_common(1)[0][0]
-                trivial, what = task.score(examples, [label] * len(examples))["score"], "majority class"
-            elif task.kind.value == "generation":
-                trivial, what = task.score(examples, [""] * len(examples))["score"], "empty answer"
-            else:  # regression: a constant has no correlation
-                trivial, what = 0.0, "constant"
+            score, what = trivial(task, examples)
             dev = entry["dev"]["score"]
-            out.append({"task": t, "dev": dev, "trivial": trivial, "trivial_is": what, "n_dev": len(examples),
-                        "test": entry["test"]["score"], "beats_trivial": dev > trivial})
+            out.append({"task": t, "dev": dev, "trivial": score, "trivial_is": what, "n_dev": len(examples),
+                        "test": entry["test"]["score"], "beats_trivial": dev > score})
+    return out
+
+
+def target_baselines(runs: dict, targets: list[str]) -> dict:
+    """target -> the trivial baseline on its test examples (those of any finished run of the full-data
+    setting, the same for every method and seed): {score, is, n_test}."""
+    from mptune.plan import replicates
+    from mptune.recipes import common
+
+    out = {}
+    for t in targets:
+        run = next((r for by_task in runs.get("full", {}).values() for r in replicates(by_task.get(t, {})).values()),
+                   None)
+        if run is not None:
+            task, examples, _ = common.predictions(run.folder, t, "test")
+            score, what = trivial(task, examples)
+            out[t] = {"score": score, "is": what, "n_test": len(examples)}
     return out
 
 
@@ -159,7 +181,12 @@ def markdown(res: dict) -> str:
                   + " |", "|---" * (len(res["targets"]) + 1) + "|"]
         for m, by_task in r["cells"].items():
             lines.append(f"| {METHODS[m].label} | " + " | ".join(f(by_task[t]) for t in res["targets"]) + " |")
-        lines += ["", "Cells: test score, mean ± std over runs (number of runs).", ""]
+        base = res.get("trivial", {})
+        if s == "full" and base:
+            lines.append("| *trivial baseline* | " + " | ".join(
+                f"{base[t]['score']:.1f} ({base[t]['is']})" if t in base else "—" for t in res["targets"]) + " |")
+        lines += ["", "Cells: test score, mean ± std over runs (number of runs); the trivial baseline answers every "
+                  "test example alike (the majority class of the test examples, or the empty answer).", ""]
     return "\n".join(lines)
 
 
@@ -205,6 +232,7 @@ def main(argv=None) -> int:
                     res["n_test"][t] = cell["n_test"]
         res["settings"][s] = {"cells": c, "claims": claims(by_method, targets, main_targets, args.resamples),
                               "curves": curves(by_method, targets)}
+    res["trivial"] = target_baselines(runs, targets)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
