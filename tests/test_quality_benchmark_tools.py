@@ -265,3 +265,34 @@ def test_v2_cost_prices_the_full_plan_from_measured_stages(tmp_path, monkeypatch
     rows = {r["stage"]: r for r in res["rows"]}
     assert rows["pt vader_movie seed 1"]["cpu_s"] == (by_name["pt vader_movie seed 1"] + 637.0) / 2
     assert res["runs_measured"]["pt / vader_movie / full"] == 2 and res["runs_measured"]["mpt / vader_movie / full"] == 1
+
+
+# -- v2/choose.py: each method's setting chosen on dev --------------------------------------------
+
+def _sweep_result(path, method, scores):
+    """A results.json as run.py writes it: full data, seed 1, target -> (dev, test)."""
+    import json
+
+    tasks = {t: {"metric": "accuracy", "seeds": {"1": {"dev": d, "test": x, "best_step": 20}}}
+             for t, (d, x) in scores.items()}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps({"results": {"settings": {"full": {method: {"tasks": tasks}}}}}))
+
+
+def test_v2_choose_merges_later_launches_and_leaves_controls_out_of_the_choice(tmp_path):
+    choose = _load("v2/choose")
+    _sweep_result(tmp_path / "pt_l20", "pt", {"a": (80, 79), "b": (90, 88)})
+    _sweep_result(tmp_path / "pt_l20" / "more", "pt", {"cola": (10, 12)})  # a later launch's targets
+    _sweep_result(tmp_path / "pt_l100", "pt", {"a": (84, 83), "b": (85, 84), "cola": (30, 25)})
+    _sweep_result(tmp_path / "pt_l5", "pt", {"a": (99, 99)})  # did not run b: not a candidate for the choice
+    runs = choose.load("pt", tmp_path)
+    assert runs["l20"]["cola"]["dev"] == 10 and set(runs["l20"]) == {"a", "b", "cola"}
+    c = choose.choose(runs)
+    assert c["chosen_on"] == ["a", "b"] and c["mean_dev"] == {"l20": 85, "l100": 84.5}
+    assert c["chosen"] == "l20"  # CoLA (the control) would have flipped it to l100
+    best = {t: (b["setting"], b["test"]) for t, b in c["best_per_target"].items()}
+    assert best == {"a": ("l5", 99), "b": ("l20", 88), "cola": ("l100", 25)}
+    assert "l20 **(chosen)**" in choose.markdown("pt", c)
+    _sweep_result(tmp_path / "pt_l20" / "again", "pt", {"a": (1, 1)})  # one target twice in a setting: refused
+    with pytest.raises(SystemExit, match="a is already in another results.json"):
+        choose.load("pt", tmp_path)

@@ -1,5 +1,5 @@
-"""Strong baselines first (issue #18, item 6): read the sweep's results (v2/sweep/<method>_<setting>/,
-written by sweep.sh through run.py) and choose each method's setting on dev.
+"""Strong baselines first (issue #18, item 6): read the sweep's results (v2/sweep/<method>_<setting>/ and its
+subfolders, written by sweep.sh or a later run.py launch with --results) and choose each method's setting on dev.
 
     python benchmarks/quality_cpu/v2/choose.py pt     # -> v2/sweep/pt.md, pt.json
     python benchmarks/quality_cpu/v2/choose.py mpt
@@ -20,26 +20,34 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def load(method: str) -> dict[str, dict]:
-    """setting -> target -> {dev, test, metric, n_test?} of seed 1, full data."""
-    out = {}
-    for f in sorted((HERE / "sweep").glob(f"{method}_*/results.json")):
-        res = json.loads(f.read_text())
-        cell = res["results"]["settings"]["full"][method]["tasks"]
-        out[f.parent.name[len(method) + 1:]] = {
-            t: {"dev": c["seeds"]["1"]["dev"], "test": c["seeds"]["1"]["test"], "metric": c["metric"],
-                "best_step": c["seeds"]["1"]["best_step"]}
-            for t, c in cell.items() if c["seeds"].get("1")}
-    return out
+def load(method: str, root: Path = HERE / "sweep") -> dict[str, dict]:
+    """setting -> target -> {dev, test, metric, best_step} of seed 1, full data, from every results.json of
+    the setting's folder `<root>/<method>_<setting>/` and its subfolders (targets run in later launches)."""
+    out: dict[str, dict] = {}
+    for folder in sorted(root.glob(f"{method}_*/")):
+        setting = out.setdefault(folder.name[len(method) + 1:], {})
+        for f in sorted(folder.glob("**/results.json")):
+            cell = json.loads(f.read_text())["results"]["settings"]["full"][method]["tasks"]
+            for t, c in cell.items():
+                if not c["seeds"].get("1"):
+                    continue
+                if t in setting:
+                    raise SystemExit(f"{f}: {t} is already in another results.json of {folder}")
+                r = c["seeds"]["1"]
+                setting[t] = {"dev": r["dev"], "test": r["test"], "metric": c["metric"], "best_step": r["best_step"]}
+    return {s: r for s, r in out.items() if r}
 
 
-def choose(runs: dict[str, dict]) -> dict:
+def choose(runs: dict[str, dict], controls: tuple[str, ...] = ("cola",)) -> dict:
+    """The setting with the best mean dev over the targets every setting that ran them all has, controls
+    left out (`chosen_on`); and each target's own best setting on dev, controls included."""
     targets = sorted({t for r in runs.values() for t in r})
-    complete = {s: r for s, r in runs.items() if all(t in r for t in targets)}
-    mean_dev = {s: statistics.fmean(r[t]["dev"] for t in targets) for s, r in complete.items()}
+    on = [t for t in targets if t not in controls]
+    complete = {s: r for s, r in runs.items() if all(t in r for t in on)}
+    mean_dev = {s: statistics.fmean(r[t]["dev"] for t in on) for s, r in complete.items()} if on else {}
     best = max(mean_dev, key=mean_dev.get) if mean_dev else None
     per_target = {t: max((s for s in runs if t in runs[s]), key=lambda s: runs[s][t]["dev"]) for t in targets}
-    return {"targets": targets, "settings": runs, "mean_dev": mean_dev, "chosen": best,
+    return {"targets": targets, "chosen_on": on, "settings": runs, "mean_dev": mean_dev, "chosen": best,
             "best_per_target": {t: {"setting": s, **runs[s][t]} for t, s in per_target.items()}}
 
 
@@ -53,8 +61,9 @@ def markdown(method: str, c: dict) -> str:
         md = c["mean_dev"].get(s)
         lines.append(f"| {s}{' **(chosen)**' if s == c['chosen'] else ''} | " + " | ".join(cells)
                      + f" | {'—' if md is None else f'{md:.1f}'} |")
-    lines += ["", "Cells: dev score (test score) @ best step. Chosen for the matrix: the best mean dev. "
-              "Each target's own best on dev, and its test score there:", ""]
+    lines += ["", f"Cells: dev score (test score) @ best step. Mean dev and the best of it: over "
+              f"{', '.join(c['chosen_on'])} (controls left out). Each target's own best on dev, and its test "
+              "score there:", ""]
     lines += [f"- {t}: {b['setting']} — dev {b['dev']:.1f}, test {b['test']:.1f}" for t, b in c["best_per_target"].items()]
     return "\n".join(lines) + "\n"
 
