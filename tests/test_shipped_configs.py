@@ -147,3 +147,19 @@ def test_gpu_paper_preset_reduction_keeps_the_preset():
     assert {k for k in mod.REDUCED if k.startswith(("teacher_train", "source_train", "target_train", "data"))} == {
         "teacher_train.max_steps", "source_train.max_steps", "target_train.max_steps", "data.eval_limit"}
     assert cfg.distill.shared_init == "random" and cfg.prompt.length == 100  # the rest is the preset's
+
+
+V2 = Path(__file__).resolve().parents[1] / "benchmarks" / "quality_cpu" / "v2"
+
+
+@pytest.mark.parametrize("path", sorted(V2.glob("*_source.yaml")), ids=lambda p: p.name)
+def test_v2_source_task_files_define_their_splits(path, shared_data):
+    """The v2 benchmark's source tasks made from a single released file (SQuAD v1.1 dev, QNLI dev): a
+    seeded hold-out of 1,000 rows halved into dev / test, the rest train; natural format as data.format."""
+    from mptune.tasks.resolve import load_task_file
+
+    report = load_task_file(path, shared_data)
+    assert report.problems == [] and report.task is not None
+    assert report.task.with_format("natural").template.endswith("\nAnswer:")  # the decoder-only template
+    sizes = report.task.sizes(shared_data)
+    assert sizes["dev"] == sizes["test"] == 500 and sizes["train"] > 4000
