@@ -76,15 +76,15 @@ def _stage_folders(root: Path, res: dict, legacy: bool) -> None:
     or (legacy) as the recipes wrote them before (single-task prompt-tune stages: one task at the top)."""
     import json
 
-    def write(folder: Path, task: str, test: dict, dev: dict, best_step=None, single=False):
+    def write(folder: Path, task: str, test: dict, dev: dict, best_step=None, single=False, history=()):
         folder.mkdir(parents=True, exist_ok=True)
         f = folder / "metrics.json"
         if legacy and single:
-            m = {"task": task, "best_step": best_step, "dev_history": [], "trainable_params": 1,
+            m = {"task": task, "best_step": best_step, "dev_history": list(history), "trainable_params": 1,
                  "backbone_params": 1, "dev": dev, "test": test}
         else:  # a source stage holds all source tasks
-            m = json.loads(f.read_text()) if f.is_file() else {
-                "tasks": {}, "best_step": best_step, "dev_history": [], "trainable_params": 1, "backbone_params": 1}
+            m = json.loads(f.read_text()) if f.is_file() else {"tasks": {}, "best_step": best_step,
+                 "dev_history": list(history), "trainable_params": 1, "backbone_params": 1}
             m["tasks"][task] = {"dev": dev, "test": test}
         f.write_text(json.dumps(m))
 
@@ -94,8 +94,9 @@ def _stage_folders(root: Path, res: dict, legacy: bool) -> None:
             for task, t in cell["tasks"].items():
                 for seed, r in t["seeds"].items():
                     folder = out / "targets" / setting.replace("=", "") / method / f"seed-{seed}" / task
+                    at_best = [{"step": r["best_step"], "dev_score": r["dev_selection"]}] if "dev_selection" in r else []
                     write(folder, task, r["metrics"], {} if r["dev"] is None else {"score": r["dev"]},
-                          r["best_step"], single=method in ("pt", "spot"))
+                          r["best_step"], single=method in ("pt", "spot"), history=at_best)
     for key, score in res["results"]["source_stages_test"].items():
         stage, task = key.split(" ")
         folder = out / "teachers" / task if stage == "teacher" else out / stage
@@ -204,6 +205,11 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md and "| *trivial baseline* | " in md
     assert (tmp_path / "out" / "dev_curves.png").stat().st_size > 0
+    # one method alone: no claim to pair, said so rather than an empty table
+    assert report.main(["--config", str(f), "--results", str(tmp_path / "alone"), "--resamples", "20",
+                        "--set", "methods=[pt]"]) == 0
+    alone = (tmp_path / "alone" / "results.md").read_text()
+    assert "Claims: none" in alone and "| claim |" not in alone and "| PT | " in alone
     # PT's cells from another run folder (e.g. the setting its sweep chose): launched with other overrides
     other = {**cfg, "output_dir": str(tmp_path / "pt_run"), "methods": ["pt"],
              "target_train": {**steps, "lr": 0.1}}
@@ -295,4 +301,32 @@ def test_v2_choose_merges_later_launches_and_leaves_controls_out_of_the_choice(t
     assert "l20 **(chosen)**" in choose.markdown("pt", c)
     _sweep_result(tmp_path / "pt_l20" / "again", "pt", {"a": (1, 1)})  # one target twice in a setting: refused
     with pytest.raises(SystemExit, match="a is already in another results.json"):
+        choose.load("pt", tmp_path)
+
+
+def test_v2_choose_takes_the_selection_dev_score_of_runs_without_a_final_dev_pass(tmp_path, monkeypatch):
+    """target_train.final_dev: false leaves no final dev score: run.py records the dev score at the best
+    step (`dev_selection`) and choose.py uses it, marked †."""
+    import json
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(HERE))
+    run, choose = _load("run"), _load("v2/choose")
+    history = [{"step": 20, "dev_score": 40.0}, {"step": 40, "dev_score": 55.0}, {"step": 60, "dev_score": 50.0}]
+    no_final = SimpleNamespace(entry={"test": {"score": 44.0}, "dev": {}}, best_step=40, dev_history=history)
+    final = SimpleNamespace(entry={"test": {"score": 44.0}, "dev": {"score": 47.0}}, best_step=40, dev_history=history)
+    assert run._seed_record({0: no_final})["dev_selection"] == 55.0
+    assert "dev_selection" not in run._seed_record({0: final})  # a final dev score is the dev score
+    rec = run._seed_record({0: no_final})
+    (tmp_path / "pt_l20").mkdir()
+    (tmp_path / "pt_l20" / "results.json").write_text(json.dumps({"results": {"settings": {"full": {"pt": {
+        "tasks": {"qa": {"metric": "squad_f1", "seeds": {"1": rec}}}}}}}}))
+    _sweep_result(tmp_path / "pt_l100", "pt", {"qa": (50, 46)})
+    c = choose.choose(choose.load("pt", tmp_path))
+    assert c["mean_dev"] == {"l20": 55.0, "l100": 50} and c["chosen"] == "l20"
+    assert "| l20 **(chosen)** | 55.0† (44.0) @40 |" in choose.markdown("pt", c)
+    rec.pop("dev_selection")
+    (tmp_path / "pt_l20" / "results.json").write_text(json.dumps({"results": {"settings": {"full": {"pt": {
+        "tasks": {"qa": {"metric": "squad_f1", "seeds": {"1": rec}}}}}}}}))
+    with pytest.raises(SystemExit, match="qa has no dev score"):
         choose.load("pt", tmp_path)

@@ -64,6 +64,10 @@ def _seed_record(draws: dict) -> dict:
     """A seed's numbers: its one run's, or (several few-shot draws) the means over its draws and each draw's."""
     recs = {str(d): {"test": r.entry["test"]["score"], "dev": r.entry["dev"].get("score"), "best_step": r.best_step,
                      "metrics": r.entry["test"]} for d, r in draws.items()}
+    for d, r in draws.items():  # no final dev pass (target_train.final_dev: false): the selection's dev score
+        at_best = [h["dev_score"] for h in r.dev_history or () if h["step"] == r.best_step]
+        if recs[str(d)]["dev"] is None and at_best:
+            recs[str(d)]["dev_selection"] = at_best[0]
     if len(recs) == 1:
         return next(iter(recs.values()))
     dev = [x["dev"] for x in recs.values() if x["dev"] is not None]

@@ -7,7 +7,9 @@ subfolders, written by sweep.sh or a later run.py launch with --results) and cho
 The choice for the matrix is the setting with the best dev score averaged over the targets (one
 pipeline config runs every target); the table also shows each target's own best setting on dev and
 the test score that setting reaches ("what the method reaches at its best on every target").
-Dev = the final dev score of the run's best prompt (up to data.eval_limit examples); test likewise.
+Dev = the final dev score of the run's best prompt (up to data.eval_limit examples); test likewise. Runs
+without a final dev pass (target_train.final_dev: false) give the dev score at their best step instead
+(target_train.eval_limit examples), marked † in the table.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ def load(method: str, root: Path = HERE / "sweep") -> dict[str, dict]:
                 if t in setting:
                     raise SystemExit(f"{f}: {t} is already in another results.json of {folder}")
                 r = c["seeds"]["1"]
-                setting[t] = {"dev": r["dev"], "test": r["test"], "metric": c["metric"], "best_step": r["best_step"]}
+                dev, final = (r["dev"], True) if r["dev"] is not None else (r.get("dev_selection"), False)
+                if dev is None:
+                    raise SystemExit(f"{f}: {t} has no dev score")
+                setting[t] = {"dev": dev, "final_dev": final, "test": r["test"], "metric": c["metric"],
+                              "best_step": r["best_step"]}
     return {s: r for s, r in out.items() if r}
 
 
@@ -57,13 +63,14 @@ def markdown(method: str, c: dict) -> str:
              "| setting | " + " | ".join(f"{t} ({c['settings'][next(iter(c['settings']))][t]['metric']})"
                                         for t in ts) + " | mean dev |", "|---" * (len(ts) + 2) + "|"]
     for s, r in c["settings"].items():
-        cells = [f"{r[t]['dev']:.1f} ({r[t]['test']:.1f}) @{r[t]['best_step']}" if t in r else "—" for t in ts]
+        cells = [f"{r[t]['dev']:.1f}{'' if r[t]['final_dev'] else '†'} ({r[t]['test']:.1f}) @{r[t]['best_step']}"
+                 if t in r else "—" for t in ts]
         md = c["mean_dev"].get(s)
         lines.append(f"| {s}{' **(chosen)**' if s == c['chosen'] else ''} | " + " | ".join(cells)
                      + f" | {'—' if md is None else f'{md:.1f}'} |")
     lines += ["", f"Cells: dev score (test score) @ best step. Mean dev and the best of it: over "
               f"{', '.join(c['chosen_on'])} (controls left out). Each target's own best on dev, and its test "
-              "score there:", ""]
+              "score there. † the dev score at the best step of training (no final dev pass).", ""]
     lines += [f"- {t}: {b['setting']} — dev {b['dev']:.1f}, test {b['test']:.1f}" for t, b in c["best_per_target"].items()]
     return "\n".join(lines) + "\n"
 

@@ -167,10 +167,13 @@ def markdown(res: dict) -> str:
                   f"{t['test']:.1f} | {'yes' if t['beats_trivial'] else '**no**'} |" for t in res["teachers"]]
         lines.append("")
     for s, r in res["settings"].items():
-        lines += [f"## {'full training data' if s == 'full' else f'few-shot, {s[1:]} per class'}", "",
-                  "Claims: paired difference of test scores, bootstrap 95 % interval over test examples and runs.", "",
-                  "| claim | a − b | average (w/o controls) | 95 % interval | verdict | runs | per task |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"## {'full training data' if s == 'full' else f'few-shot, {s[1:]} per class'}", ""]
+        if not r["claims"]:
+            lines.append("Claims: none (no claim has both of its methods run here).")
+        else:
+            lines += ["Claims: paired difference of test scores, bootstrap 95 % interval over test examples and runs.",
+                      "", "| claim | a − b | average (w/o controls) | 95 % interval | verdict | runs | per task |",
+                      "|---|---|---|---|---|---|---|"]
         for c in r["claims"]:
             per = "; ".join(f"{t} {v['diff']:+.1f} [{v['ci95_low']:+.1f}, {v['ci95_high']:+.1f}]"
                             for t, v in c["tasks"].items())
