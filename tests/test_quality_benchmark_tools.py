@@ -318,15 +318,18 @@ def test_v2_choose_takes_the_selection_dev_score_of_runs_without_a_final_dev_pas
     assert run._seed_record({0: no_final})["dev_selection"] == 55.0
     assert "dev_selection" not in run._seed_record({0: final})  # a final dev score is the dev score
     rec = run._seed_record({0: no_final})
-    (tmp_path / "pt_l20").mkdir()
-    (tmp_path / "pt_l20" / "results.json").write_text(json.dumps({"results": {"settings": {"full": {"pt": {
-        "tasks": {"qa": {"metric": "squad_f1", "seeds": {"1": rec}}}}}}}}))
+
+    def write(rec):
+        (tmp_path / "pt_l20").mkdir(exist_ok=True)
+        (tmp_path / "pt_l20" / "results.json").write_text(json.dumps({"results": {"settings": {"full": {"pt": {
+            "tasks": {"qa": {"metric": "squad_f1", "seeds": {"1": rec}}}}}}}}))
+
+    write(rec)
     _sweep_result(tmp_path / "pt_l100", "pt", {"qa": (50, 46)})
     c = choose.choose(choose.load("pt", tmp_path))
     assert c["mean_dev"] == {"l20": 55.0, "l100": 50} and c["chosen"] == "l20"
     assert "| l20 **(chosen)** | 55.0† (44.0) @40 |" in choose.markdown("pt", c)
     rec.pop("dev_selection")
-    (tmp_path / "pt_l20" / "results.json").write_text(json.dumps({"results": {"settings": {"full": {"pt": {
-        "tasks": {"qa": {"metric": "squad_f1", "seeds": {"1": rec}}}}}}}}))
+    write(rec)
     with pytest.raises(SystemExit, match="qa has no dev score"):
         choose.load("pt", tmp_path)

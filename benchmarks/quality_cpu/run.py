@@ -60,14 +60,20 @@ def _mean_std(vals: list[float]) -> dict:
     return {"mean": statistics.fmean(vals) if vals else None, "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0}
 
 
+def _run_record(r) -> dict:
+    """One run's numbers; without a final dev pass (target_train.final_dev: false) also the dev score at
+    its best step, the one the selection saw (`dev_selection`)."""
+    rec = {"test": r.entry["test"]["score"], "dev": r.entry["dev"].get("score"), "best_step": r.best_step,
+           "metrics": r.entry["test"]}
+    at_best = [h["dev_score"] for h in r.dev_history or () if h["step"] == r.best_step]
+    if rec["dev"] is None and at_best:
+        rec["dev_selection"] = at_best[0]
+    return rec
+
+
 def _seed_record(draws: dict) -> dict:
     """A seed's numbers: its one run's, or (several few-shot draws) the means over its draws and each draw's."""
-    recs = {str(d): {"test": r.entry["test"]["score"], "dev": r.entry["dev"].get("score"), "best_step": r.best_step,
-                     "metrics": r.entry["test"]} for d, r in draws.items()}
-    for d, r in draws.items():  # no final dev pass (target_train.final_dev: false): the selection's dev score
-        at_best = [h["dev_score"] for h in r.dev_history or () if h["step"] == r.best_step]
-        if recs[str(d)]["dev"] is None and at_best:
-            recs[str(d)]["dev_selection"] = at_best[0]
+    recs = {str(d): _run_record(r) for d, r in draws.items()}
     if len(recs) == 1:
         return next(iter(recs.values()))
     dev = [x["dev"] for x in recs.values() if x["dev"] is not None]
