@@ -56,6 +56,14 @@ def test_pipeline_end_to_end_and_rerun_skips(tmp_path, tiny_model_dir, data_dir,
     assert err.count("[skip]") == 2 + 1 + 2 * 3 + 1  # teachers, source, pt/spot/mpt per target, mpt_multi
     again = json.loads((run / "summary.json").read_text())
     assert all(r["skipped"] for r in again["stages"]) and again["settings"] == summary["settings"]
+    # a rerun under another target budget: refused before anything runs, naming each stale folder and key
+    changed = yaml.safe_load(f.read_text())
+    changed["target_train"] = {**changed["target_train"], "max_steps": 4}  # the stages share one anchor
+    f.write_text(yaml.safe_dump(changed))
+    assert main(["run", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"mpt rte seed 1 ({run / 'targets/full/mpt/seed-1/rte'}): train.max_steps: 3 -> 4" in err
+    assert "teacher rte (" not in err and "start " not in err  # teachers' settings did not change
 
 
 def test_ablations_and_few_shot(tmp_path, tiny_llama_dir, data_dir):

@@ -54,6 +54,12 @@ def test_shipped_profiles_parse():
             assert "vader_movie" not in pcfg.sources
 
 
+def test_each_profile_has_its_own_default_folder():  # a full run must not meet the quick run's stages
+    assert [str(quickstart.QuickstartConfig(full=f).folder()) for f in (False, True)] == [
+        "runs/quickstart", "runs/quickstart-full"]
+    assert str(quickstart.QuickstartConfig(full=True, output_dir="o").folder()) == "o"
+
+
 def test_quickstart_end_to_end(tmp_path, tiny_llama_dir, data, capsys):
     out = tmp_path / "qs"
     args = ["quickstart", f"output_dir={out}", f"model={tiny_llama_dir}", f"data_dir={data}", "workers=2",

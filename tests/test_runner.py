@@ -182,3 +182,22 @@ def test_a_launch_lets_go_of_its_stages(tmp_path):
         fd = os.open(tmp_path / name / LOCK_FILE, os.O_RDWR)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if still held
         os.close(fd)
+
+
+def test_a_finished_stage_run_with_other_settings_is_refused_not_reused(tmp_path):
+    run_plan([_stage(tmp_path, "a", seconds=0)], workers=1, say=lambda m: None)
+    said = []
+    with pytest.raises(ConfigError) as e:  # an old result is never passed off as the new setting's
+        run_plan([_stage(tmp_path, "a", seconds=0.5), _stage(tmp_path, "b", seconds=0)], workers=1, say=said.append)
+    assert f"a ({tmp_path / 'a'}): seconds: 0 -> 0.5" in str(e.value) and "output_dir" in str(e.value)
+    assert said == [] and not (tmp_path / "b").exists()  # refused before anything started
+    assert common.stage_changes(tmp_path / "a", NapConfig(str(tmp_path / "a"), seconds=0)) == []
+
+
+def test_a_moved_run_folder_or_an_older_config_still_counts_as_finished(tmp_path):
+    run_plan([_stage(tmp_path / "old", "a", seconds=0)], workers=1, say=lambda m: None)
+    (tmp_path / "old").rename(tmp_path / "new")  # output_dir in its config.yaml names the old place
+    saved = tmp_path / "new" / "a" / "config.yaml"
+    saved.write_text(saved.read_text().replace("meet: null\n", ""))  # a run made before `meet` existed
+    recs = run_plan([_stage(tmp_path / "new", "a", seconds=0)], workers=1, say=lambda m: None)
+    assert recs[0]["skipped"]

@@ -53,6 +53,10 @@ class Stage:
     def done(self) -> bool:
         return common.stage_done(self.folder, self.kind)
 
+    def changes(self) -> list[str]:
+        """A finished stage: how this plan's config differs from the one it ran with (empty: none)."""
+        return common.stage_changes(self.folder, self.config)
+
 
 @dataclass(frozen=True)
 class Cell:

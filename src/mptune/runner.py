@@ -1,8 +1,9 @@
 """Run a plan of stages (:func:`mptune.plan.plan`): skip finished ones, run the rest,
 optionally on several worker processes.
 
-A stage whose folder is complete (stage.json) is skipped; an unfinished one resumes
-from its checkpoints (the recipes do that). With ``workers > 1`` each stage runs in
+A stage whose folder is complete (stage.json) is skipped when its config.yaml matches
+the plan's (otherwise the launch is refused, naming what changed); an unfinished one
+resumes from its checkpoints (the recipes do that, refusing changed settings too). With ``workers > 1`` each stage runs in
 one of ``workers`` spawned processes with ``threads`` torch threads; a stage starts
 as soon as the stages it needs are done, earliest in the plan first. On a small
 model two 1-thread processes usually get more out of 2 cores than one 2-thread
@@ -154,6 +155,7 @@ def run_plan(stages: Sequence[Stage], workers: int = 1, threads: Optional[int] =
     if workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {workers}")
     check(stages)
+    stale([s for s in stages if s.done()])
     times: dict[str, Optional[dict]] = {}
     pending = []
     for s in stages:
@@ -171,6 +173,21 @@ def run_plan(stages: Sequence[Stage], workers: int = 1, threads: Optional[int] =
         if error is not None:
             raise error
     return [record(s, times[s.name]) for s in stages]
+
+
+def stale(finished: Sequence[Stage], shown: int = 4) -> None:
+    """Refuse to reuse finished stages that ran with other settings than the plan's (ConfigError naming
+    each folder and key): skipping them would report an old run as the new setting's."""
+    lines = []
+    for s in finished:
+        changed = s.changes()
+        if changed:
+            more = f"; and {len(changed) - shown} more" if len(changed) > shown else ""
+            lines.append(f"  {s.name} ({s.folder}): {'; '.join(changed[:shown])}{more}")
+    if lines:
+        raise ConfigError("finished stages ran with other settings than this plan's (their config.yaml):\n"
+                          + "\n".join(lines) + "\nuse another output_dir, restore those settings, or remove "
+                          "those folders to run them again")
 
 
 class _InProcess:
@@ -221,6 +238,11 @@ def _schedule(pool, pending: list[Stage], times: dict, workers: int, say) -> Opt
             pending.remove(s)
             if s.done():  # finished by another launch since this one looked
                 claim.release()
+                try:
+                    stale([s])
+                except ConfigError as e:  # that launch ran another setting: stop as after a failure
+                    error = error or e
+                    continue
                 times[s.name] = None
                 say(f"[skip] {s.name} (finished by another launch)")
                 continue

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+import yaml
 
 from .. import __version__
 from ..backbone import Backbone, load_backbone
@@ -159,6 +160,36 @@ def stage_done(out_dir: Path, stage: str) -> bool:
         return json.loads(f.read_text()).get("stage") == stage
     except (OSError, ValueError):
         return False
+
+
+UNCHANGING_KEYS = frozenset({"resume"})  # settings that do not change what a finished stage computed
+
+
+def stage_changes(out_dir: Path, cfg) -> list[str]:
+    """How `cfg` differs from the config a finished stage ran with (its config.yaml): one
+    "key: saved -> now" per setting, so a rerun never passes off an old result as a new setting's.
+    Paths compare by their last part (a run folder, the data or the model cache may move); a key
+    the saved config lacks (an option newer than the run) is not a change."""
+    f = Path(out_dir) / "config.yaml"
+    if not f.is_file():
+        return []
+    saved, now = _flat(load_yaml(f)), _flat(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
+    return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in now.items()
+            if k in saved and k.split(".")[-1] not in UNCHANGING_KEYS and _where(saved[k]) != _where(v)]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _where(v: Any) -> Any:
+    """A value with every path reduced to its last part."""
+    if isinstance(v, list):
+        return [_where(x) for x in v]
+    return Path(v).name if isinstance(v, str) and "/" in v else v
 
 
 # -- the end of a training stage: metrics.json and predictions -------------------------------

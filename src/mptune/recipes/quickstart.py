@@ -20,7 +20,8 @@ and real data, on a laptop CPU.
    whether it excludes 0, stage times), ``dev_curves.png`` (dev metric against
    step), next to the stage folders.
 
-Stages that finished in an earlier run are skipped (``rerun = resume``); the
+Stages that finished in an earlier run are skipped (``rerun = resume``) when they ran
+with the same settings (a changed one is refused, naming it: see mptune.runner); the
 profile's settings are recorded in each stage folder's ``config.yaml``.
 """
 
@@ -52,8 +53,9 @@ BOOTSTRAP_RESAMPLES = 1000
 class QuickstartConfig:
     """The offline MPT demo on SmolLM2-135M-Instruct: fetch model + data, teachers -> distill -> adapt vs PT, results table + plot."""
 
-    output_dir: str = "runs/quickstart"
-    """Folder for the stage folders, results.json, results.md and dev_curves.png."""
+    output_dir: Optional[str] = None
+    """Folder for the stage folders, results.json, results.md and dev_curves.png; default runs/quickstart
+    (runs/quickstart-full with full=true: a finished stage is reused only under the same settings)."""
     full: bool = False
     """Run the longer profile (more steps, sources, targets and seeds) instead of the ~15-minute one."""
     model: Optional[str] = None
@@ -76,6 +78,10 @@ class QuickstartConfig:
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {v}")
+
+    def folder(self) -> Path:
+        """output_dir, else one folder per profile (a finished stage is reused only under its own settings)."""
+        return Path(self.output_dir or ("runs/quickstart-full" if self.full else "runs/quickstart"))
 
     def parallelism(self) -> tuple[int, int]:
         """(workers, threads per worker) for this machine."""
@@ -126,7 +132,7 @@ def run(cfg: QuickstartConfig) -> dict:
     t_start, cpu_start = time.time(), _cpu_s()
     load_start = _loadavg()
     workers, threads = cfg.parallelism()
-    out = Path(cfg.output_dir)
+    out = cfg.folder()
     out.mkdir(parents=True, exist_ok=True)
     _say(f"quickstart ({'full' if cfg.full else 'quick'} profile) -> {out}  "
          f"[{workers} stage process(es) x {threads} torch thread(s)]")
