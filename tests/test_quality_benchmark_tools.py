@@ -202,7 +202,11 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     top = max(collections.Counter(r["target"] for r in rows).values())
     assert res["trivial"]["rte"] == {"score": pytest.approx(100 * top / len(rows)), "is": "majority class", "n_test": 8}
     assert res["trivial"]["stsb"]["is"] == "constant" and res["trivial"]["stsb"]["score"] == 0
+    # SPoT's source per target and seed, as its run folder recorded the choice on the target's dev set
+    choice = json.loads((tmp_path / "run/targets/full/spot/seed-2/stsb/spot_choice.json").read_text())
+    assert set(full["spot_picks"]) == {"rte", "stsb"} and full["spot_picks"]["stsb"]["2"] == choice["pick_tasks"][0]
     md = (tmp_path / "out" / "results.md").read_text()
+    assert f"stsb: {full['spot_picks']['stsb']['1']} (run 1), {choice['pick_tasks'][0]} (run 2)" in md
     assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md and "| *trivial baseline* | " in md
     assert (tmp_path / "out" / "dev_curves.png").stat().st_size > 0
     # one method alone: no claim to pair, said so rather than an empty table

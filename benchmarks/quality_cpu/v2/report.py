@@ -109,6 +109,20 @@ def target_baselines(runs: dict, targets: list[str]) -> dict:
     return out
 
 
+def spot_picks(runs: dict, targets: list[str]) -> dict:
+    """target -> {seed[/draw]: the source task(s) SPoT (best source) started from, chosen on that target's
+    dev set (its run folder's spot_choice.json)}."""
+    from mptune.plan import replicates
+
+    out = {}
+    for t in targets:
+        for k, r in replicates(runs.get("spot", {}).get(t, {})).items():
+            f = Path(r.folder) / "spot_choice.json"
+            if f.is_file():
+                out.setdefault(t, {})[k] = "+".join(json.loads(f.read_text())["pick_tasks"])
+    return out
+
+
 def curves(runs: dict, targets: list[str]) -> dict:
     """method -> task -> [[step, mean dev score over the runs that logged it], ...] (MPT*: none, its
     selection pools the targets)."""
@@ -184,6 +198,10 @@ def markdown(res: dict) -> str:
                   + " |", "|---" * (len(res["targets"]) + 1) + "|"]
         for m, by_task in r["cells"].items():
             lines.append(f"| {METHODS[m].label} | " + " | ".join(f(by_task[t]) for t in res["targets"]) + " |")
+        if r.get("spot_picks"):
+            lines += ["", "SPoT's source, chosen on each target's dev set: " + "; ".join(
+                f"{t}: " + ", ".join(f"{src} (run {k})" for k, src in by_run.items())
+                for t, by_run in r["spot_picks"].items()) + "."]
         base = res.get("trivial", {})
         if s == "full" and base:
             lines.append("| *trivial baseline* | " + " | ".join(
@@ -234,7 +252,7 @@ def main(argv=None) -> int:
                 if cell["n_test"]:
                     res["n_test"][t] = cell["n_test"]
         res["settings"][s] = {"cells": c, "claims": claims(by_method, targets, main_targets, args.resamples),
-                              "curves": curves(by_method, targets)}
+                              "curves": curves(by_method, targets), "spot_picks": spot_picks(by_method, targets)}
     res["trivial"] = target_baselines(runs, targets)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
