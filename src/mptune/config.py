@@ -204,6 +204,11 @@ class DataConfig:
         self.few_shot_dev = _as_enum(FewShotDev, self.few_shot_dev, "data.few_shot_dev")
         _check(self.few_shot_draw >= 0, "data.few_shot_draw", "must be >= 0")
 
+    def inert(self) -> tuple[str, ...]:
+        """Fields that change nothing under these settings: the few-shot ones on full data (a rerun that
+        changes only them reuses finished full-data stages, see common.stage_changes)."""
+        return () if self.few_shot_k is not None else ("few_shot_dev", "few_shot_draw")
+
     def resolved_data_dir(self) -> Optional[str]:
         from .assets import resolve_data_dir  # the one reader of $MPTUNE_DATA_DIR
 

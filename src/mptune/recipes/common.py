@@ -169,13 +169,16 @@ def stage_changes(out_dir: Path, cfg) -> list[str]:
     """How `cfg` differs from the config a finished stage ran with (its config.yaml): one
     "key: saved -> now" per setting, so a rerun never passes off an old result as a new setting's.
     Paths compare by their last part (a run folder, the data or the model cache may move); a key
-    the saved config lacks (an option newer than the run) is not a change."""
+    the saved config lacks (an option newer than the run) or one inert here (DataConfig.inert: the
+    few-shot keys of a full-data stage) is not a change."""
     f = Path(out_dir) / "config.yaml"
     if not f.is_file():
         return []
     saved, now = _flat(load_yaml(f)), _flat(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
-    return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in now.items()
-            if k in saved and k.split(".")[-1] not in UNCHANGING_KEYS and _where(saved[k]) != _where(v)]
+    data = getattr(cfg, "data", None)
+    inert = {f"data.{k}" for k in data.inert()} if isinstance(data, DataConfig) else set()
+    return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in now.items() if k in saved and k not in inert
+            and k.split(".")[-1] not in UNCHANGING_KEYS and _where(saved[k]) != _where(v)]
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
