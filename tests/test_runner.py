@@ -201,3 +201,37 @@ def test_a_moved_run_folder_or_an_older_config_still_counts_as_finished(tmp_path
     saved.write_text(saved.read_text().replace("meet: null\n", ""))  # a run made before `meet` existed
     recs = run_plan([_stage(tmp_path / "new", "a", seconds=0)], workers=1, say=lambda m: None)
     assert recs[0]["skipped"]
+
+
+@pytest.mark.parametrize("same_settings", [True, False])
+def test_a_stage_waiting_on_one_finished_elsewhere_starts_once_it_is_done(tmp_path, monkeypatch, same_settings):
+    """A second launch whose next stage needs one the first launch is running: once that one is finished
+    elsewhere, the waiting stage starts (it used to end the launch: "no stage can start"); if the other
+    launch ran it under other settings, this launch stops, naming them."""
+    import fcntl
+    import os
+    import threading
+
+    from mptune import runner
+
+    monkeypatch.setattr(runner, "BUSY_POLL_S", 0.05)
+    stages = [_stage(tmp_path, "a", seconds=0), _stage(tmp_path, "c", ["a"], seconds=0)]
+    (tmp_path / "a").mkdir()
+    other = os.open(tmp_path / "a" / runner.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "the other launch" is running a
+
+    def other_finishes():
+        common.write_stage(tmp_path / "a", "nap", NapConfig(str(tmp_path / "a"), seconds=0 if same_settings else 2))
+        os.close(other)
+
+    threading.Timer(0.3, other_finishes).start()
+    said = []
+    if not same_settings:
+        with pytest.raises(ConfigError, match="seconds: 2 -> 0"):
+            run_plan(stages, workers=1, say=said.append)
+        assert not (tmp_path / "c").exists()
+        return
+    recs = {r["stage"]: r for r in run_plan(stages, workers=1, say=said.append)}
+    assert recs["a"]["skipped"] and not recs["c"]["skipped"] and (tmp_path / "c" / "stage.json").is_file()
+    assert said[:3] == ["[busy] a (another launch is running it; waiting for it)",
+                        "[skip] a (finished by another launch)", "start c"]

@@ -225,6 +225,7 @@ def _schedule(pool, pending: list[Stage], times: dict, workers: int, say) -> Opt
     error: Optional[BaseException] = None
     while running or (pending and error is None):
         ready = [s for s in pending if all(n in times for n in s.needs)] if error is None else []
+        skipped = False  # a stage finished elsewhere: those waiting on it may start now
         for s in ready:
             if len(running) >= workers:
                 break
@@ -243,15 +244,19 @@ def _schedule(pool, pending: list[Stage], times: dict, workers: int, say) -> Opt
                 except ConfigError as e:  # that launch ran another setting: stop as after a failure
                     error = error or e
                     continue
-                times[s.name] = None
+                times[s.name], skipped = None, True
                 say(f"[skip] {s.name} (finished by another launch)")
                 continue
             say(f"start {s.name}")
             running[pool.submit(_run_stage, s, workers > 1)] = (s, claim)
+        if error is not None and not running:  # a stage finished elsewhere under other settings
+            break
         held = busy & {s.name for s in pending}  # still held by another launch: look again in a while
-        if not running:  # no error here (the loop's condition); pending may have emptied just above
+        if not running:  # pending may have emptied just above
             if not pending:  # the last stages were finished by another launch
                 break
+            if skipped:
+                continue
             if not held:  # cannot happen for a checked plan; never wait on nothing
                 raise ConfigError(f"plan: no stage can start; waiting: {[s.name for s in pending]}")
             time.sleep(BUSY_POLL_S)  # only stages held elsewhere (or waiting on them) are left
