@@ -3,9 +3,10 @@ optionally on several worker processes.
 
 A stage whose folder is complete (stage.json) is skipped when its config.yaml matches
 the plan's (otherwise the launch is refused, naming what changed); an unfinished one
-resumes from its checkpoints (the recipes do that, refusing changed settings too). With ``workers > 1`` each stage runs in
-one of ``workers`` spawned processes with ``threads`` torch threads; a stage starts
-as soon as the stages it needs are done, earliest in the plan first. On a small
+resumes from its checkpoints (the recipes do that, refusing changed settings too).
+With ``workers > 1`` each stage runs in one of ``workers`` spawned processes with
+``threads`` torch threads; a stage starts as soon as the stages it needs are done,
+earliest in the plan first. On a small
 model two 1-thread processes usually get more out of 2 cores than one 2-thread
 process (small matrices parallelise poorly). ``workers = 1`` runs in this process.
 Spawned workers import the caller's main module, so a script that calls this with
