@@ -207,6 +207,8 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     assert set(full["spot_picks"]) == {"rte", "stsb"} and full["spot_picks"]["stsb"]["2"] == choice["pick_tasks"][0]
     md = (tmp_path / "out" / "results.md").read_text()
     assert f"stsb: {full['spot_picks']['stsb']['1']} (run 1), {choice['pick_tasks'][0]} (run 2)" in md
+    table = md.split("| method |")[1].split("\n\n")[0]  # the method table ends with the trivial row, unbroken
+    assert table.rstrip().splitlines()[-1].startswith("| *trivial baseline* |")
     assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md and "| *trivial baseline* | " in md
     assert (tmp_path / "out" / "dev_curves.png").stat().st_size > 0
     # one method alone: no claim to pair, said so rather than an empty table

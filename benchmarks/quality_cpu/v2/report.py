@@ -198,14 +198,14 @@ def markdown(res: dict) -> str:
                   + " |", "|---" * (len(res["targets"]) + 1) + "|"]
         for m, by_task in r["cells"].items():
             lines.append(f"| {METHODS[m].label} | " + " | ".join(f(by_task[t]) for t in res["targets"]) + " |")
-        if r.get("spot_picks"):
-            lines += ["", "SPoT's source, chosen on each target's dev set: " + "; ".join(
-                f"{t}: " + ", ".join(f"{src} (run {k})" for k, src in by_run.items())
-                for t, by_run in r["spot_picks"].items()) + "."]
         base = res.get("trivial", {})
         if s == "full" and base:
             lines.append("| *trivial baseline* | " + " | ".join(
                 f"{base[t]['score']:.1f} ({base[t]['is']})" if t in base else "—" for t in res["targets"]) + " |")
+        if r.get("spot_picks"):  # below the table, not inside it
+            lines += ["", "SPoT's source, chosen on each target's dev set: " + "; ".join(
+                f"{t}: " + ", ".join(f"{src} (run {k})" for k, src in by_run.items())
+                for t, by_run in r["spot_picks"].items()) + "."]
         lines += ["", "Cells: test score, mean ± std over runs (number of runs); the trivial baseline answers every "
                   "test example alike (the majority class of the test examples, or the empty answer).", ""]
     return "\n".join(lines)
