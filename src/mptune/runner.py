@@ -156,11 +156,12 @@ def run_plan(stages: Sequence[Stage], workers: int = 1, threads: Optional[int] =
     if workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {workers}")
     check(stages)
-    stale([s for s in stages if s.done()])
+    finished = {s.name for s in stages if s.done()}
+    stale([s for s in stages if s.name in finished])
     times: dict[str, Optional[dict]] = {}
     pending = []
     for s in stages:
-        if s.done():
+        if s.name in finished:
             times[s.name] = None
             say(f"[skip] {s.name} ({s.folder} already complete)")
         else:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-import yaml
 
 from .. import __version__
 from ..backbone import Backbone, load_backbone
@@ -174,7 +173,7 @@ def stage_changes(out_dir: Path, cfg) -> list[str]:
     f = Path(out_dir) / "config.yaml"
     if not f.is_file():
         return []
-    saved, now = _flat(load_yaml(f)), _flat(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
+    saved, now = _flat(load_yaml(f)), _flat(to_dict(cfg))  # to_dict: the plain values config.yaml holds
     data = getattr(cfg, "data", None)
     inert = {f"data.{k}" for k in data.inert()} if isinstance(data, DataConfig) else set()
     return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in now.items() if k in saved and k not in inert
