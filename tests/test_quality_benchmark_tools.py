@@ -244,7 +244,7 @@ def test_v2_cost_prices_the_full_plan_from_measured_stages(tmp_path, monkeypatch
     jobs = [{"stage": s.name, "skipped": False, "cpu_s": 60.0 * (i + 1)} for i, s in enumerate(planned)]
     jobs[0]["skipped"] = True  # a stage reused from an earlier launch is not a measurement
     (tmp_path / "t.json").write_text(json.dumps({"timing": {"jobs": jobs}}))
-    assert cost.main(["--timing", str(tmp_path / "t.json"), "--set", *sets, "--results", str(tmp_path)]) == 0
+    assert cost.main(["--launch", str(tmp_path / "t.json"), *sets, "--results", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "cost.json").read_text())
     rows = {r["stage"]: r for r in res["rows"]}
     full = run.load_config(str(HERE / "v2/pipeline.yaml"), data_dir=str(tmp_path), dry_run=True)
@@ -254,7 +254,7 @@ def test_v2_cost_prices_the_full_plan_from_measured_stages(tmp_path, monkeypatch
                                              "from": "measured"}
     # an unmeasured target of a measured method: the mean of that method's measured runs (here one)
     assert rows["pt cola seed 2"]["cpu_s"] == by_name["pt vader_movie seed 1"]
-    assert rows["pt vader_movie k=4 seed 3 draw 0"]["from"] == "estimate: its full-data run"
+    assert rows["pt vader_movie k=4 seed 3 draw 0"]["from"] == "estimate: its full-data run(s)"
     assert rows["pt vader_movie k=4 seed 3 draw 0"]["cpu_s"] == by_name["pt vader_movie seed 1"]
     assert rows[planned[0].name]["from"] != "measured"  # skipped in the timed launch
     targets = [by_name[n] for n in ("mpt vader_movie seed 1", "pt vader_movie seed 1")]
@@ -271,12 +271,61 @@ def test_v2_cost_prices_the_full_plan_from_measured_stages(tmp_path, monkeypatch
         "teacher vader_amazon": {"stage": "teacher vader_amazon", "skipped": False, "cpu_s": 709.0},
         "pt vader_movie seed 1": {"stage": "pt vader_movie seed 1", "skipped": False, "cpu_s": 637.0}}
     # several launches: a kind of stage measured more than once (other seeds, other logs) is priced by its mean
-    assert cost.main(["--timing", str(tmp_path / "t.json"), str(log), "--set", *sets,
+    assert cost.main(["--launch", str(tmp_path / "t.json"), *sets, "--launch", str(log), *sets,
                       "--results", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "cost.json").read_text())
     rows = {r["stage"]: r for r in res["rows"]}
     assert rows["pt vader_movie seed 1"]["cpu_s"] == (by_name["pt vader_movie seed 1"] + 637.0) / 2
     assert res["runs_measured"]["pt / vader_movie / full"] == 2 and res["runs_measured"]["mpt / vader_movie / full"] == 1
+
+
+def test_v2_cost_keys_each_launch_by_its_own_overrides(tmp_path, monkeypatch):
+    """Launches of other sources / targets / settings: each log read under its own overrides, source stages
+    priced by their sources, and the rules for what no launch measured."""
+    import json
+
+    monkeypatch.syspath_prepend(str(HERE))
+    cost = _load("v2/cost")
+    four = f"sources=[sst2,vader_amazon,vader_tweets,{HERE / 'v2/squad_source.yaml'}]"
+    base = ["seeds=[1]", "few_shot_k=[]", "methods=[pt,mpt,mpt_multi]", "targets=[vader_movie,vader_nyt]"]
+    (tmp_path / "a.log").write_text(  # three sentiment sources, full data
+        "[00:00:01] done  distill (mpt) (1000s)\n[00:00:02] done  mpt vader_movie seed 1 (100s)\n"
+        "[00:00:03] done  mpt vader_nyt seed 1 (200s)\n[00:00:04] done  mpt_multi vader_movie+vader_nyt seed 1 (450s)\n"
+        "[00:00:05] done  pt vader_movie seed 1 (80s)\n")
+    (tmp_path / "b.log").write_text(  # the same stage names under four sources and k = 16
+        "[00:00:01] done  distill (mpt) (4000s)\n[00:00:02] done  mpt vader_movie k=16 seed 1 draw 0 (60s)\n")
+    few = ["seeds=[1]", "few_shot_k=[16]", "full_data=false", "methods=[mpt]", "targets=[vader_movie]"]
+    argv = ["--launch", str(tmp_path / "a.log"), *base, "--launch", str(tmp_path / "b.log"), four, *few,
+            "--plan", four, "seeds=[1]", "few_shot_k=[4]", "methods=[pt,spot,mpt,mpt_multi,mpt_no_distill]",
+            "targets=[vader_movie,vader_nyt,cola]", "--results", str(tmp_path), "--stem", "c4"]
+    assert cost.main(argv) == 0
+    res = json.loads((tmp_path / "c4.json").read_text())
+    assert res["measured"]["source / mpt / sst2+vader_amazon+vader_tweets"] == 1000.0
+    assert res["measured"]["source / mpt / sst2+vader_amazon+vader_tweets+squad_src"] == 4000.0
+    rows = {r["stage"]: r for r in res["rows"]}
+    assert rows["distill (mpt)"] == {"stage": "distill (mpt)", "cpu_s": 4000.0, "from": "measured"}
+    # few-shot priced from few-shot where measured, else from full data
+    assert rows["mpt vader_movie k=4 seed 1 draw 0"] == {"stage": "mpt vader_movie k=4 seed 1 draw 0", "cpu_s": 60.0,
+                                                         "from": "estimate: its few-shot run(s)"}
+    assert rows["mpt vader_nyt k=4 seed 1 draw 0"]["cpu_s"] == 200.0
+    # three targets in one run: MPT's prices of them (cola: other methods there, none; so MPT's mean) x 450/300
+    multi = rows["mpt_multi vader_movie+vader_nyt+cola seed 1"]
+    assert multi["from"] == "estimate: MPT's runs on its targets, scaled"
+    assert multi["cpu_s"] == pytest.approx((100 + 200 + (100 + 200 + 60) / 3) * 1.5)
+    assert rows["spot vader_movie seed 1"] == {"stage": "spot vader_movie seed 1", "cpu_s": 90.0,
+                                               "from": "estimate: other methods on this target"}
+    # no teacher measured in any launch: unpriced, and counted so
+    assert rows["teacher squad_src"] == {"stage": "teacher squad_src", "cpu_s": None,
+                                         "from": "no measured stage of its kind"}
+    assert res["unpriced"] == 4 and "no measured stage of its kind" in (tmp_path / "c4.md").read_text()
+    # a variant never run with these sources: its run with the others, scaled as MPT's (x4)
+    (tmp_path / "c.log").write_text("[00:00:01] done  distill (no_distill) (500s)\n")
+    argv[argv.index("--plan"):argv.index("--plan")] = ["--launch", str(tmp_path / "c.log"), *base[:2],
+                                                       "methods=[mpt_no_distill]"]
+    assert cost.main(argv) == 0
+    rows = {r["stage"]: r for r in json.loads((tmp_path / "c4.json").read_text())["rows"]}
+    assert rows["distill (no_distill)"] == {"stage": "distill (no_distill)", "cpu_s": 2000.0,
+                                            "from": "estimate: its run with other sources, scaled as MPT's"}
 
 
 # -- v2/choose.py: each method's setting chosen on dev --------------------------------------------
