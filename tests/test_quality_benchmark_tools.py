@@ -210,6 +210,8 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     table = md.split("| method |")[1].split("\n\n")[0]  # the method table ends with the trivial row, unbroken
     assert table.rstrip().splitlines()[-1].startswith("| *trivial baseline* |")
     assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md and "| *trivial baseline* | " in md
+    from mptune.plan import setting_title  # each setting's heading, as run.py's results.md heads it too
+    assert "\n## full training data\n" in md and setting_title("k=16") == "few-shot, k=16 per class"
     assert (tmp_path / "out" / "dev_curves.png").stat().st_size > 0
     # one method alone: no claim to pair, said so rather than an empty table
     assert report.main(["--config", str(f), "--results", str(tmp_path / "alone"), "--resamples", "20",

@@ -129,7 +129,7 @@ def _read(p: Path) -> dict:
 
 
 def markdown(res: dict) -> str:
-    from mptune.plan import METHODS
+    from mptune.plan import METHODS, setting_title
 
     base = res["config"]
     lines = ["# Quality benchmark on CPU: results", "",
@@ -145,7 +145,7 @@ def markdown(res: dict) -> str:
              _timing_line(res["timing"]), ""]
     controls = res.get("controls") or []
     for setting, methods in res["results"]["settings"].items():
-        what = "full training data" if setting == "full" else f"few-shot, {setting} per class"
+        what = setting_title(setting)
         draws = base.get("few_shot_draws", 1)  # a config without it ran before draws: one per seed
         over = "seeds" if setting == "full" or draws == 1 else f"seeds, each the mean of {draws} draws"
         lines += [f"## {what} (test score, mean ± std over {over})", "",

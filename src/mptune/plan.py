@@ -271,6 +271,11 @@ def settings(cfg: PipelineConfig) -> list[str]:
     return (["full"] if cfg.full_data else []) + [f"k={k}" for k in cfg.few_shot_k]
 
 
+def setting_title(setting: str) -> str:
+    """A setting as results tables head it: "full training data" | "few-shot, k=16 per class"."""
+    return "full training data" if setting == "full" else f"few-shot, {setting} per class"
+
+
 def plan(cfg: PipelineConfig) -> list[Stage]:
     """Every stage of the run, dependencies first (see Layout.stages)."""
     return Layout(cfg).stages()

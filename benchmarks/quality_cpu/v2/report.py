@@ -169,7 +169,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 def markdown(res: dict) -> str:
-    from mptune.plan import METHODS
+    from mptune.plan import METHODS, setting_title
 
     f = lambda c: "—" if c["mean"] is None else f"{c['mean']:.1f} ± {c['std']:.1f} ({c['n_runs']})"  # noqa: E731
     lines = ["# Quality benchmark v2: results (issue #18)", "", f"Made by `{res['command']}` from `{res['run']}`; "
@@ -181,7 +181,7 @@ def markdown(res: dict) -> str:
                   f"{t['test']:.1f} | {'yes' if t['beats_trivial'] else '**no**'} |" for t in res["teachers"]]
         lines.append("")
     for s, r in res["settings"].items():
-        lines += [f"## {'full training data' if s == 'full' else f'few-shot, {s[1:]} per class'}", ""]
+        lines += [f"## {setting_title(s)}", ""]
         if not r["claims"]:
             lines.append("Claims: none (no claim has both of its methods run here).")
         else:
