@@ -84,6 +84,11 @@ class Prices:
             return self._mean(own), "estimate: its run with other sources"
         return self._mean(x for x in self.m if x[0] == "source"), "estimate: mean of the measured source stages"
 
+    def _mpt_sum(self, tasks: str, setting: str) -> float | None:
+        """MPT's measured single-target runs of these targets in this setting, summed; None if one is missing."""
+        each = [self.m.get(("mpt", t, setting)) for t in tasks.split("+")]
+        return None if None in each else sum(each)
+
     def _target(self, method: str, tasks: str, setting: str) -> tuple[float | None, str]:
         few = setting != "full"
         other = [x for x in self.m if x[:2] == (method, tasks)]
@@ -93,8 +98,7 @@ class Prices:
             return self._mean(near), f"estimate: its {kinds} run(s)"
         if "+" in tasks:  # several targets in one run: priced from MPT's single-target runs
             parts = [self(("mpt", t, setting))[0] for t in tasks.split("+")]
-            ratios = [self.m[x] / sum(self.m[("mpt", t, x[2])] for t in x[1].split("+"))
-                      for x in self.m if x[0] == method and all(("mpt", t, x[2]) in self.m for t in x[1].split("+"))]
+            ratios = [self.m[x] / mpt for x in self.m if x[0] == method and (mpt := self._mpt_sum(x[1], x[2]))]
             if ratios and None not in parts:
                 return sum(parts) * statistics.fmean(ratios), "estimate: MPT's runs on its targets, scaled"
         same_task = [x for x in self.m if x[1] == tasks and x[0] not in ("teacher", "source")]
