@@ -156,6 +156,29 @@ def test_collect_only_describes_a_run_that_used_a_newer_option(tmp_path, monkeyp
     assert "test_limit" not in res["config"]["target_train"]
 
 
+def test_run_refuses_results_of_another_output_folder(tmp_path, monkeypatch):
+    """A launch whose --results folder holds another output folder's results stops before any stage runs
+    and leaves them as they were (a v2 launch without --results would have replaced the committed v1 ones)."""
+    import json
+
+    import yaml
+
+    res = json.loads((HERE / "results.json").read_text())
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(res["config"]))
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(HERE))
+    run = _load("run")
+    with pytest.raises(SystemExit, match=f"holds the results of the stages in {res['config']['output_dir']}, "
+                                         "not of runs/elsewhere: pass --results"):
+        run.main(["--config", "pipeline.yaml", "--model", "m", "--data-dir", ".", "--results", ".",
+                  "--out", "runs/elsewhere", "--collect-only"])
+    assert json.loads((tmp_path / "results.json").read_text()) == res and not (tmp_path / "runs").exists()
+    assert run.main(["--config", "pipeline.yaml", "--model", "m", "--data-dir", ".", "--results", "fresh",
+                     "--out", "runs/elsewhere", "--collect-only"]) == 0  # a new folder is fine
+    assert json.loads((tmp_path / "fresh" / "results.json").read_text())["config"]["output_dir"] == "runs/elsewhere"
+
+
 # -- v2/report.py on a tiny pipeline run ---------------------------------------------------------
 
 def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, tiny_llama_dir):

@@ -201,7 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--controls", default="cola",
                     help="targets the sources are not expected to help; results also average the others")
     ap.add_argument("--set", nargs="*", default=[], help="pipeline overrides key=value")
-    ap.add_argument("--results", default=str(HERE), help="folder for results.json / results.md")
+    ap.add_argument("--results", default=str(HERE), help="folder for results.json / results.md (default: this one, v1's); one that holds the results "
+                         "of another output folder is refused before any stage runs")
     ap.add_argument("--order", choices=["methods", "settings"], default="methods",
                     help="target job order: PT and MPT in every setting first, or every method on full data "
                          "first (seed by seed), then the few-shot settings; a run cut short keeps whole cells")
@@ -230,6 +231,7 @@ def main(argv=None) -> int:
             print(f"   {s.name}" + (f"  (after {', '.join(s.needs)})" if s.needs and name != "targets" else ""))
     if args.dry_run:
         return 0
+    _check_results_folder(Path(args.results), cfg.output_dir)  # before hours of runs, not after them
     if args.collect_only:
         write_results(args, argv, cfg, planned, fewshot, None, [])
         return 0
@@ -274,6 +276,15 @@ def _same_run(old, new, default) -> bool:
         return (all(k in new and _same_run(v, new[k], default.get(k)) for k, v in old.items())
                 and all(k in default and new[k] == default[k] for k in new.keys() - old.keys()))
     return old == new
+
+
+def _check_results_folder(out: Path, output_dir) -> None:
+    """results.* in `out` describe the stages of one output folder: refuse to overwrite those of another
+    (the default --results holds the committed v1 results; a v2 launch without --results would replace them)."""
+    made_from = (_read(out / "results.json").get("config") or {}).get("output_dir")
+    if made_from is not None and Path(made_from) != Path(output_dir):
+        raise SystemExit(f"{out / 'results.json'} holds the results of the stages in {made_from}, not of "
+                         f"{output_dir}: pass --results FOLDER (a new folder, or the one that holds {output_dir}'s)")
 
 
 def write_results(args, argv, cfg, planned: list, fewshot: list[str], wall_s, jobs: list[dict]) -> str:
