@@ -174,9 +174,10 @@ def test_run_refuses_results_of_another_output_folder(tmp_path, monkeypatch):
         run.main(["--config", "pipeline.yaml", "--model", "m", "--data-dir", ".", "--results", ".",
                   "--out", "runs/elsewhere", "--collect-only"])
     assert json.loads((tmp_path / "results.json").read_text()) == res and not (tmp_path / "runs").exists()
-    assert run.main(["--config", "pipeline.yaml", "--model", "m", "--data-dir", ".", "--results", "fresh",
-                     "--out", "runs/elsewhere", "--collect-only"]) == 0  # a new folder is fine
-    assert json.loads((tmp_path / "fresh" / "results.json").read_text())["config"]["output_dir"] == "runs/elsewhere"
+    assert run.main(["--config", "pipeline.yaml", "--model", "m", "--data-dir", ".", "--out", "runs/elsewhere",
+                     "--collect-only"]) == 0  # by default results.* describe the output folder, in it
+    assert json.loads((tmp_path / "runs/elsewhere/results.json").read_text())["config"]["output_dir"] == "runs/elsewhere"
+    assert json.loads((tmp_path / "results.json").read_text()) == res
 
 
 # -- v2/report.py on a tiny pipeline run ---------------------------------------------------------

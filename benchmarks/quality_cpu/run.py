@@ -8,9 +8,10 @@ processes (``mptune.runner.run_plan``: each stage starts when the stages it
 needs are done; finished stages are skipped). ``--fewshot-methods`` limits the
 few-shot settings, ``--order`` the order of the target runs. Finally the
 per-seed test scores are read back from the stage folders into
-``results.json`` / ``results.md`` (mean ± std over seeds).
+``results.json`` / ``results.md`` (mean ± std over seeds), in the output folder unless
+``--results`` names another (the committed v1 results: ``--results benchmarks/quality_cpu``).
 
-    python benchmarks/quality_cpu/run.py --workers 2 --threads 1
+    python benchmarks/quality_cpu/run.py --workers 2 --threads 1 --results benchmarks/quality_cpu
     python benchmarks/quality_cpu/run.py --dry-run        # list the jobs
 
 Data: ``--data-dir`` (default ``$MPTUNE_DATA_DIR``, else ``../shared/data``)
@@ -201,8 +202,10 @@ def main(argv=None) -> int:
     ap.add_argument("--controls", default="cola",
                     help="targets the sources are not expected to help; results also average the others")
     ap.add_argument("--set", nargs="*", default=[], help="pipeline overrides key=value")
-    ap.add_argument("--results", default=str(HERE), help="folder for results.json / results.md (default: this one, v1's); one that holds the results "
-                         "of another output folder is refused before any stage runs")
+    ap.add_argument("--results", default=None,
+                    help="folder for results.json / results.md (default: the output folder; the committed v1 "
+                         "results: --results benchmarks/quality_cpu); one that holds the results of another "
+                         "output folder is refused before any stage runs")
     ap.add_argument("--order", choices=["methods", "settings"], default="methods",
                     help="target job order: PT and MPT in every setting first, or every method on full data "
                          "first (seed by seed), then the few-shot settings; a run cut short keeps whole cells")
@@ -217,6 +220,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     cfg = load_config(args.config, args.data_dir, args.model, args.out, args.set, args.dry_run)
+    args.results = args.results or cfg.output_dir  # an output folder describes itself
     if args.fewshot_methods:
         fewshot = args.fewshot_methods.split(",")
     elif args.collect_only and _read(Path(args.results) / "results.json").get("fewshot_methods"):
@@ -280,7 +284,7 @@ def _same_run(old, new, default) -> bool:
 
 def _check_results_folder(out: Path, output_dir) -> None:
     """results.* in `out` describe the stages of one output folder: refuse to overwrite those of another
-    (the default --results holds the committed v1 results; a v2 launch without --results would replace them)."""
+    (v2 launches once wrote over the committed v1 results, then the default --results)."""
     made_from = (_read(out / "results.json").get("config") or {}).get("output_dir")
     if made_from is not None and Path(made_from) != Path(output_dir):
         raise SystemExit(f"{out / 'results.json'} holds the results of the stages in {made_from}, not of "
