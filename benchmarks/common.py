@@ -25,7 +25,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -227,8 +226,8 @@ def med(xs) -> float:
 # -- results ----------------------------------------------------------------------
 
 def environment(threads: int) -> dict:
-    import torch
-    import transformers
+    """mptune's record of the versions and device (`mptune.utils.environment`) + what a timing depends on."""
+    from mptune.utils import cpu_name, environment as versions
 
     if not _LOAD_AT_START:
         raise RuntimeError("benchmarks: call common.setup() first (it records the load average at the start)")
@@ -238,16 +237,7 @@ def environment(threads: int) -> dict:
         peft_v = peft.__version__
     except ImportError:
         peft_v = None
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores_visible": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft_v, "python": platform.python_version(),
+    return {"cpu": cpu_name(), "cores_visible": os.cpu_count(), "torch_threads": threads, **versions(), "peft": peft_v,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_at_start": list(_LOAD_AT_START),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
 

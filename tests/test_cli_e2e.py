@@ -37,6 +37,8 @@ def test_prompt_tune_evaluate_predict(tmp_path, tiny_model_dir, data_dir, task, 
     for f in ("config.yaml", "stage.json", "prompt.safetensors", "metrics.json", f"predictions_{task}_test.jsonl",
               "log.jsonl"):
         assert (out / f).is_file(), f
+    from mptune.utils import environment  # the versions and device the stage ran on: results can be told apart
+    assert json.loads((out / "stage.json").read_text())["environment"] == environment()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["trainable_params"] == 4 * 32 and "score" in metrics["tasks"][task]["test"]
     n_rows = len((out / f"predictions_{task}_test.jsonl").read_text().splitlines())

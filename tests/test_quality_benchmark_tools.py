@@ -255,6 +255,22 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     assert res2["settings"]["full"]["cells"]["pt"]["rte"]["runs"]["2"] == pt_metrics["tasks"]["rte"]["test"]["score"]
     assert res2["settings"]["full"]["cells"]["mpt"] == full["cells"]["mpt"]
     assert res2["method_from"] == {"pt": [str(tmp_path / "pt_run"), "target_train.lr=0.1"]}
+    # the environments the stages ran on: every stage folder of the report once (2 teachers, the source
+    # stage, 3 methods x 2 seeds x 2 targets), from its stage.json
+    from mptune.utils import environment
+    assert res["environments"] == [{"environment": environment(), "stages": 15}]
+    assert f"Stages ran on: {environment()['device']}, accelerate " in md and "More than one" not in md
+    old, moved = tmp_path / "run/teachers/rte/stage.json", tmp_path / "run/targets/full/mpt/seed-1/rte/stage.json"
+    old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items() if k != "environment"}))
+    rec = json.loads(moved.read_text())
+    moved.write_text(json.dumps({**rec, "environment": {**rec["environment"], "torch": "0.0-other"}}))
+    assert report.main(["--config", str(f), "--results", str(tmp_path / "out3"), "--resamples", "20"]) == 0
+    envs = json.loads((tmp_path / "out3" / "results.json").read_text())["environments"]
+    assert envs == [{"environment": environment(), "stages": 13}, {"environment": {**environment(), "torch": "0.0-other"},
+                    "stages": 1}, {"environment": None, "stages": 1}]
+    md3 = (tmp_path / "out3" / "results.md").read_text()
+    assert "torch 0.0-other, transformers" in md3 and "(1 stage); not recorded: 1 stage (made" in md3
+    assert "**More than one environment**" in md3
 
 
 # -- v2/cost.py: the whole matrix priced from measured stages -----------------------------------

@@ -1,9 +1,10 @@
-"""Small shared helpers: atomic file writes, JSON/JSONL, seeding."""
+"""Small shared helpers: atomic file writes, JSON/JSONL, seeding, the software and device a stage ran on."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 import tempfile
 from pathlib import Path
@@ -66,3 +67,29 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the platform's."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_name() -> str:
+    """The accelerator's name where there is one, else the CPU's."""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name()
+
+
+def environment() -> dict:
+    """What a result's numerics depend on besides its config and seed: the library versions and the
+    device (recorded in every stage.json, so runs of different machines or installs are told apart)."""
+    import accelerate
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "device": device_name()}

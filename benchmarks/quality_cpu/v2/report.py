@@ -123,6 +123,34 @@ def spot_picks(runs: dict, targets: list[str]) -> dict:
     return out
 
 
+def environments(folders) -> list[dict]:
+    """The distinct environments (`mptune.utils.environment`: versions, device) that the finished stages
+    in `folders` recorded in their stage.json, most stages first, each with its count; stages made before
+    stage.json kept one count under None. Results of two environments are not exact replicas."""
+    from mptune.recipes.common import STAGE_FILE
+
+    count = collections.Counter()
+    for f in sorted({Path(f) for f in folders}):
+        if (f / STAGE_FILE).is_file():
+            count[json.dumps(json.loads((f / STAGE_FILE).read_text()).get("environment"), sort_keys=True)] += 1
+    return [{"environment": json.loads(k), "stages": n} for k, n in count.most_common()]
+
+
+def environment_line(envs: list[dict]) -> str:
+    def words(env: dict) -> str:  # the device first, then the libraries
+        return ", ".join([env.get("device", "device not recorded"), *(f"{k} {v}" for k, v in env.items() if k != "device")])
+
+    def n(k: int) -> str:
+        return f"{k} stage{'' if k == 1 else 's'}"
+
+    said = [f"{words(e['environment'])} ({n(e['stages'])})" for e in envs if e["environment"]]
+    old = sum(e["stages"] for e in envs if not e["environment"])
+    line = "Stages ran on: " + (" | ".join(said) or "—") + (f"; not recorded: {n(old)} (made before stage.json "
+                                                            f"kept it)" if old else "") + "."
+    return line + (" **More than one environment**: their runs are not exact replicas of each other."
+                   if len(said) > 1 else "")
+
+
 def curves(runs: dict, targets: list[str]) -> dict:
     """method -> task -> [[step, mean dev score over the runs that logged it], ...] (MPT*: none, its
     selection pools the targets)."""
@@ -174,6 +202,8 @@ def markdown(res: dict) -> str:
     f = lambda c: "—" if c["mean"] is None else f"{c['mean']:.1f} ± {c['std']:.1f} ({c['n_runs']})"  # noqa: E731
     lines = ["# Quality benchmark v2: results (issue #18)", "", f"Made by `{res['command']}` from `{res['run']}`; "
              f"controls (left out of the averages): {', '.join(res['controls']) or 'none'}.", ""]
+    if res.get("environments"):
+        lines += [environment_line(res["environments"]), ""]
     if res["teachers"]:
         lines += ["## Teachers (dev score vs the trivial baseline on the same dev examples)", "",
                   "| source | dev | trivial | baseline | n_dev | test | beats it |", "|---|---|---|---|---|---|---|"]
@@ -232,9 +262,12 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, out=args.out, sets=args.set, dry_run=True)
     planned = stages(cfg, list(cfg.methods))
     runs = task_runs(planned)
+    upstream = [s.folder for s in planned if not s.method]  # teachers, source stages
     for method, out, *sets in args.method_from:  # that method's cells from its own run folder
         ocfg = load_config(args.config, out=out, sets=[*args.set, *sets, f"methods=[{method}]"], dry_run=True)
-        other = task_runs(stages(ocfg, [method]))
+        oplanned = stages(ocfg, [method])
+        other = task_runs(oplanned)
+        upstream += [s.folder for s in oplanned if not s.method]
         for setting in runs.keys() | other.keys():
             runs.setdefault(setting, {}).pop(method, None)
             if method in other.get(setting, {}):
@@ -254,6 +287,9 @@ def main(argv=None) -> int:
         res["settings"][s] = {"cells": c, "claims": claims(by_method, targets, main_targets, args.resamples),
                               "curves": curves(by_method, targets), "spot_picks": spot_picks(by_method, targets)}
     res["trivial"] = target_baselines(runs, targets)
+    res["environments"] = environments([*upstream, *(r.folder for by_method in runs.values()
+                                                      for by_task in by_method.values() for by_seed in by_task.values()
+                                                      for draws in by_seed.values() for r in draws.values())])
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")

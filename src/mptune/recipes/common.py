@@ -38,7 +38,7 @@ from ..data import LazyFeatures, TextEncoder
 from ..tasks import Example, Task, TaskKind, few_shot
 from ..tasks.loading import per_answer
 from ..tasks.resolve import resolve_task, save_definitions
-from ..utils import atomic_write_json, atomic_write_jsonl
+from ..utils import atomic_write_json, atomic_write_jsonl, environment
 
 STAGE_FILE = "stage.json"
 METRICS_FILE = "metrics.json"
@@ -145,12 +145,13 @@ def resolve_tasks(specs: Sequence[str], data: DataConfig, key: str = "tasks", fo
 
 
 def write_stage(out_dir: Path, stage: str, cfg, extra: Optional[dict] = None, tasks: Sequence[Task] = ()) -> None:
-    """Resolved config + a stage marker + the definitions of the user tasks (tasks/<name>.yaml):
-    the folder describes itself."""
+    """Resolved config + a stage marker (with the versions and device it ran on) + the definitions of
+    the user tasks (tasks/<name>.yaml): the folder describes itself."""
     save_definitions(out_dir, tasks)
     save_yaml(to_dict(cfg), out_dir / "config.yaml")
     atomic_write_json(out_dir / STAGE_FILE, {"stage": stage, "mptune_version": __version__,
-                                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})})
+                                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                             "environment": environment(), **(extra or {})})
 
 
 def stage_done(out_dir: Path, stage: str) -> bool:
