@@ -271,6 +271,8 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     md3 = (tmp_path / "out3" / "results.md").read_text()
     assert "torch 0.0-other, transformers" in md3 and "(1 stage); not recorded: 1 stage (made" in md3
     assert "**More than one environment**" in md3
+    assert report.environment_line([{"environment": None, "stages": 3}]) == (
+        "Stages ran on: not recorded: 3 stages (made before stage.json kept it).")
 
 
 # -- v2/cost.py: the whole matrix priced from measured stages -----------------------------------

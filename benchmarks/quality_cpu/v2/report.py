@@ -145,8 +145,8 @@ def environment_line(envs: list[dict]) -> str:
 
     said = [f"{words(e['environment'])} ({n(e['stages'])})" for e in envs if e["environment"]]
     old = sum(e["stages"] for e in envs if not e["environment"])
-    line = "Stages ran on: " + (" | ".join(said) or "—") + (f"; not recorded: {n(old)} (made before stage.json "
-                                                            f"kept it)" if old else "") + "."
+    unknown = f"not recorded: {n(old)} (made before stage.json kept it)" if old else ""
+    line = "Stages ran on: " + "; ".join(x for x in (" | ".join(said), unknown) if x) + "."
     return line + (" **More than one environment**: their runs are not exact replicas of each other."
                    if len(said) > 1 else "")
 
