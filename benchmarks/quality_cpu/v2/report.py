@@ -138,7 +138,8 @@ def environments(folders) -> list[dict]:
 
 def environment_line(envs: list[dict]) -> str:
     def words(env: dict) -> str:  # the device first, then the libraries
-        return ", ".join([env.get("device", "device not recorded"), *(f"{k} {v}" for k, v in env.items() if k != "device")])
+        rest = [f"{k} {v}" for k, v in env.items() if k != "device"]
+        return ", ".join([env.get("device", "device not recorded"), *rest])
 
     def n(k: int) -> str:
         return f"{k} stage{'' if k == 1 else 's'}"
@@ -287,9 +288,11 @@ def main(argv=None) -> int:
         res["settings"][s] = {"cells": c, "claims": claims(by_method, targets, main_targets, args.resamples),
                               "curves": curves(by_method, targets), "spot_picks": spot_picks(by_method, targets)}
     res["trivial"] = target_baselines(runs, targets)
-    res["environments"] = environments([*upstream, *(r.folder for by_method in runs.values()
-                                                      for by_task in by_method.values() for by_seed in by_task.values()
-                                                      for draws in by_seed.values() for r in draws.values())])
+    from mptune.plan import replicates
+
+    res["environments"] = environments([*upstream, *(r.folder for by_method in runs.values() for by_task in
+                                                      by_method.values() for by_seed in by_task.values()
+                                                      for r in replicates(by_seed).values())])
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
