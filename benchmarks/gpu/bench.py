@@ -150,7 +150,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     a = ap.parse_args()
     import peft
-    import transformers
+
+    from mptune.utils import environment
 
     if a.dry_run:
         device, dtype, repeats, warmup = torch.device("cpu"), torch.bfloat16, 1, 1
@@ -167,7 +168,7 @@ def main() -> None:
         cfgs = {"causal": dict(model=LLAMA_1B, B=32, S=128, l=100, eval_N=64, eval_src=(64, 128), new_tokens=16),
                 "seq2seq": dict(model=T5_BASE, B=32, S=128, l=100)}
         gpu = torch.cuda.get_device_name(0)
-    res = {"gpu": gpu, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+    res = {"gpu": gpu, **environment(), "peft": peft.__version__,  # environment: versions and device, as stage.json
            "repeats": repeats, "warmup": warmup, "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "models": {"causal": "~1B Llama (Llama-3.2-1B shape), random weights",
                       "seq2seq": "T5-base-shaped T5, random weights"}, "train": {}}

@@ -127,12 +127,12 @@ def environments(folders) -> list[dict]:
     """The distinct environments (`mptune.utils.environment`: versions, device) that the finished stages
     in `folders` recorded in their stage.json, most stages first, each with its count; stages made before
     stage.json kept one count under None. Results of two environments are not exact replicas."""
-    from mptune.recipes.common import STAGE_FILE
+    from mptune.recipes.common import read_stage
 
     count = collections.Counter()
     for f in sorted({Path(f) for f in folders}):
-        if (f / STAGE_FILE).is_file():
-            count[json.dumps(json.loads((f / STAGE_FILE).read_text()).get("environment"), sort_keys=True)] += 1
+        if stage := read_stage(f):
+            count[json.dumps(stage.get("environment"), sort_keys=True)] += 1
     return [{"environment": json.loads(k), "stages": n} for k, n in count.most_common()]
 
 

@@ -154,12 +154,16 @@ def write_stage(out_dir: Path, stage: str, cfg, extra: Optional[dict] = None, ta
                                              "environment": environment(), **(extra or {})})
 
 
-def stage_done(out_dir: Path, stage: str) -> bool:
-    f = Path(out_dir) / STAGE_FILE
+def read_stage(out_dir: Path) -> dict:
+    """A finished stage's marker (stage.json: stage, version, time, environment ...); {} if none."""
     try:
-        return json.loads(f.read_text()).get("stage") == stage
+        return json.loads((Path(out_dir) / STAGE_FILE).read_text())
     except (OSError, ValueError):
-        return False
+        return {}
+
+
+def stage_done(out_dir: Path, stage: str) -> bool:
+    return read_stage(out_dir).get("stage") == stage
 
 
 UNCHANGING_KEYS = frozenset({"resume"})  # settings that do not change what a finished stage computed
