@@ -212,6 +212,7 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     for c in full["claims"]:
         iv = c["average"]
         assert c["runs"] == 2 and c["average_over"] == ["rte"] and set(c["tasks"]) == {"rte", "stsb"}
+        assert not c["controls_only"]
         assert iv["ci95_low"] <= iv["diff"] <= iv["ci95_high"]
         assert c["verdict"] == ("holds" if iv["ci95_low"] > 0 else "reversed" if iv["ci95_high"] < 0
                                 else "not separated")
@@ -242,6 +243,15 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
                         "--set", "methods=[pt]"]) == 0
     alone = (tmp_path / "alone" / "results.md").read_text()
     assert "Claims: none" in alone and "| claim |" not in alone and "| PT | " in alone
+    # only controls among the targets (e.g. CoLA alone): the claims averaged over them, each marked so
+    assert report.main(["--config", str(f), "--results", str(tmp_path / "ctrl"), "--resamples", "20",
+                        "--controls", "rte,stsb"]) == 0
+    ctrl = json.loads((tmp_path / "ctrl" / "results.json").read_text())["settings"]["full"]["claims"]
+    assert [(c["a"], c["b"]) for c in ctrl] == [("mpt", "pt"), ("mpt", "spot")]
+    assert all(c["controls_only"] and c["average_over"] == ["rte", "stsb"] for c in ctrl)
+    assert ctrl[0]["average"]["diff"] == pytest.approx(sum(ctrl[0]["tasks"][t]["diff"] for t in ("rte", "stsb")) / 2)
+    ctrl_md = (tmp_path / "ctrl" / "results.md").read_text()
+    assert ctrl_md.count("(on the control only) |") == 2 and "(on the control only)" not in md
     # PT's cells from another run folder (e.g. the setting its sweep chose): launched with other overrides
     other = {**cfg, "output_dir": str(tmp_path / "pt_run"), "methods": ["pt"],
              "target_train": {**steps, "lr": 0.1}}

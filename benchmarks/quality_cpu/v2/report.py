@@ -6,8 +6,10 @@ Reads the stage folders (`mptune.plan.task_runs`), so it works on a partial run:
 shows what has finished. Every comparison is a paired difference of test scores with a bootstrap 95 %
 interval over the test examples and the seeds (few-shot: the seed x draw runs), each task's metric
 recomputed on the drawn examples (`mptune.stats.paired_bootstrap`, via quickstart.compare); the
-average leaves out the control target(s). Teachers are reported against the majority class of their
-dev set (QA: the empty answer); a teacher that does not beat it should be left out of `sources`.
+average leaves out the control target(s) (a report of controls alone averages them and marks each claim
+"on the control only": nothing to transfer there, so it shows the noise, not the claim). Teachers are
+reported against the majority class of their dev set (QA: the empty answer); a teacher that does not beat
+it should be left out of `sources`.
 """
 
 from __future__ import annotations
@@ -53,13 +55,14 @@ def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> l
     for a, b, what in CLAIMS:
         have = [t for t in targets if all(runs.get(m, {}).get(t) for m in (a, b))]  # a partial run: what both ran
         main_have = [t for t in main if t in have]
-        c = compare(runs, have, resamples, pair=(a, b), average_over=main_have) if main_have else None
+        over = main_have or have  # only controls ran (e.g. CoLA alone): their average, marked as such
+        c = compare(runs, have, resamples, pair=(a, b), average_over=over) if have else None
         if c is None:
             continue
         iv = c["average"]
         verdict = ("holds" if iv["ci95_low"] > 0 else "reversed" if iv["ci95_high"] < 0 else "not separated")
-        out.append({"a": a, "b": b, "claim": what, "verdict": verdict, "average_over": main_have,
-                    "runs": len(c["seeds"]) if not c.get("draws") else c["draws"],
+        out.append({"a": a, "b": b, "claim": what, "verdict": verdict, "average_over": over,
+                    "controls_only": not main_have, "runs": len(c["seeds"]) if not c.get("draws") else c["draws"],
                     "average": iv, "tasks": c["tasks"], "n_test": c["n_test"], "resamples": resamples})
     return out
 
@@ -223,7 +226,8 @@ def markdown(res: dict) -> str:
             per = "; ".join(f"{t} {v['diff']:+.1f} [{v['ci95_low']:+.1f}, {v['ci95_high']:+.1f}]"
                             for t, v in c["tasks"].items())
             lines.append(f"| {c['claim']} | {c['a']} − {c['b']} | {c['average']['diff']:+.1f} | "
-                         f"[{c['average']['ci95_low']:+.1f}, {c['average']['ci95_high']:+.1f}] | {c['verdict']} | "
+                         f"[{c['average']['ci95_low']:+.1f}, {c['average']['ci95_high']:+.1f}] | {c['verdict']}"
+                         f"{' (on the control only)' if c.get('controls_only') else ''} | "
                          f"{c['runs']} | {per} |")
         lines += ["", "| method | " + " | ".join(f"{t} (n_test {res['n_test'].get(t, '?')})" for t in res["targets"])
                   + " |", "|---" * (len(res["targets"]) + 1) + "|"]
