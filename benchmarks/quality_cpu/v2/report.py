@@ -178,25 +178,29 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mptune.plan import METHODS
+
     settings = [s for s in res["settings"] if res["settings"][s]["curves"]]
     targets = res["targets"]
     if not settings:
         return
-    fig, axes = plt.subplots(len(settings), len(targets), figsize=(3.2 * len(targets), 2.6 * len(settings)),
-                             squeeze=False)
+    # one legend beside the panels (inside one it hid the curves), each method in its table colour
+    fig, axes = plt.subplots(len(settings), len(targets), figsize=(3.2 * len(targets) + 1.8, 2.6 * len(settings)),
+                             squeeze=False, layout="constrained")
     for i, s in enumerate(settings):
         for j, t in enumerate(targets):
             ax = axes[i][j]
             for m, by_task in res["settings"][s]["curves"].items():
                 if t in by_task:
                     xs, ys = zip(*by_task[t])
-                    ax.plot(xs, ys, marker=".", label=m)
+                    ax.plot(xs, ys, marker=".", label=METHODS[m].label, color=METHODS[m].colour)
             ax.set_title(f"{t}, {s}", fontsize=8)
             ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=6)
-    fig.supxlabel("target step")
-    fig.supylabel("dev score (mean over runs)")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    handles = {lb: h for ax in axes.flat for h, lb in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=7)
+    fig.supxlabel("target step", fontsize=9)
+    fig.supylabel("dev score (mean over runs)", fontsize=9)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
