@@ -266,7 +266,7 @@ def main(argv=None) -> int:
 
     from run import load_config, stages
 
-    from mptune.plan import Layout, task_runs
+    from mptune.plan import Layout, replicates, task_runs
 
     cfg = load_config(args.config, out=args.out, sets=args.set, dry_run=True)
     planned = stages(cfg, list(cfg.methods))
@@ -296,8 +296,6 @@ def main(argv=None) -> int:
         res["settings"][s] = {"cells": c, "claims": claims(by_method, targets, main_targets, args.resamples),
                               "curves": curves(by_method, targets), "spot_picks": spot_picks(by_method, targets)}
     res["trivial"] = target_baselines(runs, targets)
-    from mptune.plan import replicates
-
     res["environments"] = environments([*upstream, *(r.folder for by_method in runs.values() for by_task in
                                                       by_method.values() for by_seed in by_task.values()
                                                       for r in replicates(by_seed).values())])
