@@ -182,7 +182,7 @@ def test_run_refuses_results_of_another_output_folder(tmp_path, monkeypatch):
 
 # -- v2/report.py on a tiny pipeline run ---------------------------------------------------------
 
-def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, tiny_llama_dir):
+def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, tiny_llama_dir, monkeypatch):
     import json
 
     import yaml
@@ -221,6 +221,16 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
         want = sum(cells[c["a"]]["rte"]["runs"][s] - cells[c["b"]]["rte"]["runs"][s] for s in ("1", "2")) / 2
         assert iv["diff"] == pytest.approx(want)
     assert [p[0] for p in full["curves"]["pt"]["rte"]] == [2, 4]
+    # rte's accuracy is a mean over examples: each resample averages the examples' scores; recomputing the
+    # metric on every resample instead gives the same intervals
+    from mptune.tasks import metrics as M
+    with monkeypatch.context() as m:
+        m.setattr(M, "example_scores", lambda *a, **k: None)
+        assert report.main(["--config", str(f), "--results", str(tmp_path / "slow"), "--resamples", "50",
+                            "--controls", "stsb"]) == 0
+    slow = json.loads((tmp_path / "slow" / "results.json").read_text())["settings"]["full"]["claims"]
+    for c, s in zip(full["claims"], slow):
+        assert c["tasks"]["rte"] == pytest.approx(s["tasks"]["rte"]) and c["average"] == pytest.approx(s["average"])
     # each target's trivial baseline on its test examples: the majority label word of the prediction file
     rows = [json.loads(line) for line in (tmp_path / "run/targets/full/pt/seed-1/rte/predictions_rte_test.jsonl")
             .read_text().splitlines()]

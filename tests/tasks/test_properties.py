@@ -1,5 +1,7 @@
-"""Property tests: split cuts partition their input; few-shot and SQuAD scores stay in range."""
+"""Property tests: split cuts partition their input; few-shot and SQuAD scores stay in range; examples'
+own scores average to a resample's score where the bootstrap relies on it."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,3 +41,24 @@ def test_squad_scores_in_range(pred, answers):
     assert 0.0 <= em <= 100.0 and 0.0 <= f1 <= 100.0
     if em == 100.0 and M.normalize_answer(pred):
         assert f1 == 100.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["the cat", "a dog", "cat", ""]), st.sampled_from(["the cat", "dog"]),
+                          st.integers(0, 1), st.integers(-1, 1)), min_size=1, max_size=12),
+       st.lists(st.integers(0, 11), min_size=1, max_size=12))
+def test_example_scores_average_to_the_score_of_any_resample(rows, pick):
+    """The bootstrap's shortcut: where a task's score is a mean over examples, the mean of the examples'
+    own scores is the task's score of every resample (repeats included)."""
+    from mptune.tasks import get_task
+
+    pick = [i % len(rows) for i in pick]
+    qa = [Example(source="q", target=gold, answers=[gold], uid=str(i)) for i, (_, gold, _, _) in enumerate(rows)]
+    cls = [Example(source="s", target="", label=y, uid=str(i)) for i, (_, _, y, _) in enumerate(rows)]
+    for task, examples, preds in ((get_task("squad"), qa, [p for p, *_ in rows]),
+                                  (get_task("sst2"), cls, [p for *_, p in rows])):
+        per = M.example_scores(task, examples, preds)
+        got = task.score([examples[i] for i in pick], [preds[i] for i in pick])["score"]
+        assert sum(per[i] for i in pick) / len(pick) == pytest.approx(got)
+    for name in ("cola", "mrpc", "stsb"):  # Matthews, F1 over the set, correlations: no shortcut
+        assert M.example_scores(get_task(name), cls, [p for *_, p in rows]) is None

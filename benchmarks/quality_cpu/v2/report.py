@@ -5,7 +5,9 @@
 Reads the stage folders (`mptune.plan.task_runs`), so it works on a partial run: a cell or claim
 shows what has finished. Every comparison is a paired difference of test scores with a bootstrap 95 %
 interval over the test examples and the seeds (few-shot: the seed x draw runs), each task's metric
-recomputed on the drawn examples (`mptune.stats.paired_bootstrap`, via quickstart.compare); the
+recomputed on the drawn examples, or, where it is a mean over examples (accuracy, SQuAD F1 / EM), averaged
+from the examples' own scores: the same number, seconds instead of minutes
+(`mptune.stats.paired_bootstrap`, via quickstart.compare); the
 average leaves out the control target(s) (a report of controls alone averages them and marks each claim
 "on the control only": nothing to transfer there, so it shows the noise, not the claim). Teachers are
 reported against the majority class of their dev set (QA: the empty answer); a teacher that does not beat

@@ -285,7 +285,10 @@ def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMP
     files; per target, and averaged over `average_over` (default: every target). `methods`: method ->
     task -> seed -> draw -> TaskRun (plan.task_runs of one setting); None when the two have no
     (seed, draw) in common on every target."""
+    import numpy as np
+
     from ..stats import paired_bootstrap
+    from ..tasks import metrics as M
 
     a, b = pair
     if a not in methods or b not in methods:
@@ -302,7 +305,15 @@ def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMP
             raise ConfigError(f"{t}: {a} and {b} were tested on different examples; no paired comparison")
         data[t] = (task, examples, [p for *_, p in got[a]], [p for *_, p in got[b]])
 
+    means = {}  # tasks whose score is a mean over examples: [a|b, run, example] scores; a resample = a mean
+    for t, (task, ex, pa, pb) in data.items():
+        got = [[M.example_scores(task, ex, p) for p in ps] for ps in (pa, pb)]
+        if got[0][0] is not None:
+            means[t] = np.asarray(got, dtype=float)
+
     def diff(t: str, s: int, idx) -> float:
+        if t in means:
+            return float(means[t][0, s, idx].mean() - means[t][1, s, idx].mean())
         task, ex, pa, pb = data[t]
         pick = [ex[i] for i in idx]
         return task.score(pick, [pa[s][i] for i in idx])["score"] - task.score(pick, [pb[s][i] for i in idx])["score"]

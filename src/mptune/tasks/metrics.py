@@ -185,6 +185,20 @@ METRICS: dict[str, tuple[Callable[..., float], str]] = {
 }
 
 
+# metrics that are a mean over examples: the score of any subset is the mean of its examples' scores
+EXAMPLE_MEAN = frozenset({"accuracy", "squad_em", "squad_f1", "record_em", "record_f1"})
+
+
+def example_scores(task: "Task", examples: list["Example"], predictions: list,
+                   match: Match = Match.lenient) -> list[float] | None:
+    """Each example's ``score`` on its own, when every metric of ``task`` is a mean over examples (so a
+    bootstrap resample's score is the mean of its examples' scores, no recomputation); None otherwise
+    (e.g. Matthews correlation, F1 over a label set)."""
+    if not set(task.metrics) | set(task.score_metrics or ()) <= EXAMPLE_MEAN:
+        return None
+    return [score(task, [ex], [p], match)["score"] for ex, p in zip(examples, predictions)]
+
+
 def string_to_float(s: str, default: float | None = -1.0) -> float | None:
     """Parse a generated number as T5 does: unparsable text -> ``default`` (-1)."""
     try:
