@@ -193,8 +193,9 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     steps = {"max_steps": 4, "batch_size": 4, "eval_every": 2, "eval_limit": 4, "eval_batch_size": 8}
     cfg = {"model": {"name": str(tiny_llama_dir)}, "sources": ["rte", "squad"], "targets": ["rte", "stsb"],
            "output_dir": str(tmp_path / "run"), "methods": ["pt", "spot", "mpt"], "seeds": [1, 2],
-           "prompt": {"length": 4}, "data": {"data_dir": str(write_all(tmp_path / "data")), "max_source_length": 40,
-                                             "max_target_length": 6, "eval_limit": 8},
+           "few_shot_k": [2], "few_shot_draws": 1, "prompt": {"length": 4},
+           "data": {"data_dir": str(write_all(tmp_path / "data")), "max_source_length": 40,
+                    "max_target_length": 6, "eval_limit": 8},
            "teacher_train": steps, "source_train": steps, "target_train": steps}
     f = tmp_path / "pipeline.yaml"
     f.write_text(yaml.safe_dump(cfg))
@@ -235,15 +236,18 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     rows = [json.loads(line) for line in (tmp_path / "run/targets/full/pt/seed-1/rte/predictions_rte_test.jsonl")
             .read_text().splitlines()]
     top = max(collections.Counter(r["target"] for r in rows).values())
-    assert res["trivial"]["rte"] == {"score": pytest.approx(100 * top / len(rows)), "is": "majority class", "n_test": 8}
-    assert res["trivial"]["stsb"]["is"] == "constant" and res["trivial"]["stsb"]["score"] == 0
+    assert full["trivial"]["rte"] == {"score": pytest.approx(100 * top / len(rows)), "is": "majority class", "n_test": 8}
+    assert full["trivial"]["stsb"]["is"] == "constant" and full["trivial"]["stsb"]["score"] == 0
+    # a few-shot setting draws its training and dev examples, not its test ones: the same baseline, its own row
+    assert res["settings"]["k=2"]["trivial"] == full["trivial"]
     # SPoT's source per target and seed, as its run folder recorded the choice on the target's dev set
     choice = json.loads((tmp_path / "run/targets/full/spot/seed-2/stsb/spot_choice.json").read_text())
     assert set(full["spot_picks"]) == {"rte", "stsb"} and full["spot_picks"]["stsb"]["2"] == choice["pick_tasks"][0]
     md = (tmp_path / "out" / "results.md").read_text()
     assert f"stsb: {full['spot_picks']['stsb']['1']} (run 1), {choice['pick_tasks'][0]} (run 2)" in md
-    table = md.split("| method |")[1].split("\n\n")[0]  # the method table ends with the trivial row, unbroken
-    assert table.rstrip().splitlines()[-1].startswith("| *trivial baseline* |")
+    for table in md.split("| method |")[1:]:  # each setting's method table ends with the trivial row, unbroken
+        assert table.split("\n\n")[0].rstrip().splitlines()[-1].startswith("| *trivial baseline* |")
+    assert md.count("| method |") == 2 == md.count("| *trivial baseline* |")
     assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md and "| *trivial baseline* | " in md
     from mptune.plan import setting_title  # each setting's heading, as run.py's results.md heads it too
     assert "\n## full training data\n" in md and setting_title("k=16") == "few-shot, k=16 per class"
@@ -261,7 +265,7 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     assert all(c["controls_only"] and c["average_over"] == ["rte", "stsb"] for c in ctrl)
     assert ctrl[0]["average"]["diff"] == pytest.approx(sum(ctrl[0]["tasks"][t]["diff"] for t in ("rte", "stsb")) / 2)
     ctrl_md = (tmp_path / "ctrl" / "results.md").read_text()
-    assert ctrl_md.count("(on the control only) |") == 2 and "(on the control only)" not in md
+    assert ctrl_md.count("(on the control only) |") == 2 * 2 and "(on the control only)" not in md
     # PT's cells from another run folder (e.g. the setting its sweep chose): launched with other overrides
     other = {**cfg, "output_dir": str(tmp_path / "pt_run"), "methods": ["pt"],
              "target_train": {**steps, "lr": 0.1}}
@@ -276,9 +280,9 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     assert res2["settings"]["full"]["cells"]["mpt"] == full["cells"]["mpt"]
     assert res2["method_from"] == {"pt": [str(tmp_path / "pt_run"), "target_train.lr=0.1"]}
     # the environments the stages ran on: every stage folder of the report once (2 teachers, the source
-    # stage, 3 methods x 2 seeds x 2 targets), from its stage.json
+    # stage, 3 methods x 2 seeds x 2 targets in each of the 2 settings), from its stage.json
     from mptune.utils import environment
-    assert res["environments"] == [{"environment": environment(), "stages": 15}]
+    assert res["environments"] == [{"environment": environment(), "stages": 3 + 2 * 12}]
     assert f"Stages ran on: {environment()['device']}, accelerate " in md and "More than one" not in md
     old, moved = tmp_path / "run/teachers/rte/stage.json", tmp_path / "run/targets/full/mpt/seed-1/rte/stage.json"
     old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items() if k != "environment"}))
@@ -286,7 +290,7 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     moved.write_text(json.dumps({**rec, "environment": {**rec["environment"], "torch": "0.0-other"}}))
     assert report.main(["--config", str(f), "--results", str(tmp_path / "out3"), "--resamples", "20"]) == 0
     envs = json.loads((tmp_path / "out3" / "results.json").read_text())["environments"]
-    assert envs == [{"environment": environment(), "stages": 13}, {"environment": {**environment(), "torch": "0.0-other"},
+    assert envs == [{"environment": environment(), "stages": 3 + 2 * 12 - 2}, {"environment": {**environment(), "torch": "0.0-other"},
                     "stages": 1}, {"environment": None, "stages": 1}]
     md3 = (tmp_path / "out3" / "results.md").read_text()
     assert "torch 0.0-other, transformers" in md3 and "(1 stage); not recorded: 1 stage (made" in md3

@@ -97,16 +97,15 @@ def teachers(run_dir: Path) -> list[dict]:
     return out
 
 
-def target_baselines(runs: dict, targets: list[str]) -> dict:
-    """target -> the trivial baseline on its test examples (those of any finished run of the full-data
-    setting, the same for every method and seed): {score, is, n_test}."""
+def target_baselines(by_method: dict, targets: list[str]) -> dict:
+    """target -> the trivial baseline on its test examples in one setting (those of any finished run: the
+    same for every method, seed and draw): {score, is, n_test}."""
     from mptune.plan import replicates
     from mptune.recipes import common
 
     out = {}
     for t in targets:
-        run = next((r for by_task in runs.get("full", {}).values() for r in replicates(by_task.get(t, {})).values()),
-                   None)
+        run = next((r for by_task in by_method.values() for r in replicates(by_task.get(t, {})).values()), None)
         if run is not None:
             task, examples, _ = common.predictions(run.folder, t, "test")
             score, what = trivial(task, examples)
@@ -239,8 +238,8 @@ def markdown(res: dict) -> str:
                   + " |", "|---" * (len(res["targets"]) + 1) + "|"]
         for m, by_task in r["cells"].items():
             lines.append(f"| {METHODS[m].label} | " + " | ".join(f(by_task[t]) for t in res["targets"]) + " |")
-        base = res.get("trivial", {})
-        if s == "full" and base:
+        base = r.get("trivial", {})
+        if base:
             lines.append("| *trivial baseline* | " + " | ".join(
                 f"{base[t]['score']:.1f} ({base[t]['is']})" if t in base else "—" for t in res["targets"]) + " |")
         if r.get("spot_picks"):  # below the table, not inside it
@@ -296,8 +295,8 @@ def main(argv=None) -> int:
                 if cell["n_test"]:
                     res["n_test"][t] = cell["n_test"]
         res["settings"][s] = {"cells": c, "claims": claims(by_method, targets, main_targets, args.resamples),
-                              "curves": curves(by_method, targets), "spot_picks": spot_picks(by_method, targets)}
-    res["trivial"] = target_baselines(runs, targets)
+                              "curves": curves(by_method, targets), "spot_picks": spot_picks(by_method, targets),
+                              "trivial": target_baselines(by_method, targets)}
     res["environments"] = environments([*upstream, *(r.folder for by_method in runs.values() for by_task in
                                                       by_method.values() for by_seed in by_task.values()
                                                       for r in replicates(by_seed).values())])
