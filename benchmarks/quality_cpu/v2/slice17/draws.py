@@ -10,17 +10,19 @@ from pathlib import Path
 import yaml
 
 from mptune.config import DataConfig
-from mptune.data import TaskMixingBatches
 from mptune.recipes import common
+from mptune.recipes.multitask import MultiTaskData, SamplingConfig
 
 
 def draws(folder: Path) -> dict[str, tuple[int, int]]:
     """task -> (examples drawn in max_steps steps, training examples it has)."""
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    data, train, s = DataConfig(**cfg["data"]), cfg["train"], cfg["sampling"]
+    data, train = DataConfig(**cfg["data"]), cfg["train"]
     tasks = common.resolve_tasks(cfg["tasks"], data, "tasks")
-    sizes = [len(common.train_examples(t, data, train["seed"])) for t in tasks]
-    plan = TaskMixingBatches(sizes, train["batch_size"], train["seed"], s["k_min"], s.get("k_max"), s["temperature"])
+    examples = [common.train_examples(t, data, train["seed"]) for t in tasks]
+    sizes = [len(e) for e in examples]
+    plan = MultiTaskData(tasks, examples, [[] for _ in tasks]).plan(  # the stage's own batch plan
+        train["batch_size"], train["seed"], SamplingConfig(**cfg["sampling"]))
     count = collections.Counter()
     for _ in range(train["max_steps"]):
         for i in plan.next():
