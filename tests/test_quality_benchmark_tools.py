@@ -279,6 +279,10 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     assert res2["settings"]["full"]["cells"]["pt"]["rte"]["runs"]["2"] == pt_metrics["tasks"]["rte"]["test"]["score"]
     assert res2["settings"]["full"]["cells"]["mpt"] == full["cells"]["mpt"]
     assert res2["method_from"] == {"pt": [str(tmp_path / "pt_run"), "target_train.lr=0.1"]}
+    # a method taken from elsewhere keeps its place in the methods table's order (PT first, not last)
+    assert list(res2["settings"]["full"]["cells"]) == ["pt", "spot", "mpt"] == list(full["cells"])
+    md2 = (tmp_path / "out2" / "results.md").read_text()
+    assert md2.index("| PT | ") < md2.index("| SPoT") < md2.index("| MPT | ")
     # the environments the stages ran on: every stage folder of the report once (2 teachers, the source
     # stage, 3 methods x 2 seeds x 2 targets in each of the 2 settings), from its stage.json
     from mptune.utils import environment
