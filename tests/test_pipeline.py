@@ -108,22 +108,29 @@ def _config(tmp_path, data_dir, **kw):
 
 
 def test_method_settings_give_each_method_its_own_target_run(tmp_path, data_dir):
-    """method_settings: PT's own length and lr, MPT's own P* / u, v lrs; the others keep the pipeline's."""
+    """method_settings: PT's own length and lr, MPT's own P* / u, v lrs, MPT*'s own steps; the others keep
+    the pipeline's."""
     from mptune.plan import plan
 
-    cfg = _config(tmp_path, data_dir, methods=["pt", "spot", "mpt"], seeds=[1], few_shot_k=[2], few_shot_draws=1,
-                  adapt={"lr_shared": 0.05}, method_settings={"pt": {"prompt_length": 6, "lr": 0.5},
-                                                              "mpt": {"lr": 0.2, "lr_task": 0.4}})
+    cfg = _config(tmp_path, data_dir, methods=["pt", "spot", "mpt", "mpt_multi"], seeds=[1], few_shot_k=[2],
+                  few_shot_draws=1, adapt={"lr_shared": 0.05},
+                  method_settings={"pt": {"prompt_length": 6, "lr": 0.5}, "mpt": {"lr": 0.2, "lr_task": 0.4},
+                                   "mpt_multi": {"max_steps": 7}})
     targets = [s for s in plan(cfg) if s.method]
-    assert {(s.method, s.setting) for s in targets} == {(m, x) for m in ("pt", "spot", "mpt") for x in ("full", "k=2")}
+    assert {(s.method, s.setting) for s in targets} == {
+        (m, x) for m in ("pt", "spot", "mpt", "mpt_multi") for x in ("full", "k=2")}
+    steps = STEPS["max_steps"]
     for s in targets:
         c = s.config
         if s.method == "pt":
-            assert (c.prompt.length, c.train.lr) == (6, 0.5)
+            assert (c.prompt.length, c.train.lr, c.train.max_steps) == (6, 0.5, steps)
         elif s.method == "spot":  # the teacher's length and the pipeline's lr
-            assert (c.prompt.length, c.train.lr) == (4, STEPS.get("lr", 0.3))
-        else:
-            assert (c.train.lr, c.lr_shared, c.lr_task) == (0.2, 0.05, 0.4)
+            assert (c.prompt.length, c.train.lr, c.train.max_steps) == (4, STEPS.get("lr", 0.3), steps)
+        elif s.method == "mpt":
+            assert (c.train.lr, c.lr_shared, c.lr_task, c.train.max_steps) == (0.2, 0.05, 0.4, steps)
+        else:  # MPT*: its own steps, the pipeline's lrs; the rest of its optimisation is the cell's
+            assert (c.train.max_steps, c.train.lr, c.lr_shared) == (7, STEPS.get("lr", 0.3), 0.05)
+            assert c.train.eval_every == next(t for t in targets if t.method == "mpt").config.train.eval_every
     teachers = [s for s in plan(cfg) if s.kind == "prompt-tune" and not s.method]
     assert all(t.config.prompt.length == 4 for t in teachers)  # teachers are not a method's target run
 
@@ -133,6 +140,7 @@ def test_method_settings_give_each_method_its_own_target_run(tmp_path, data_dir)
     ({"pt": {"lr_shared": 0.1}}, "method_settings.pt.lr_shared"),
     ({"nope": {"lr": 0.1}}, "method_settings.nope"),
     ({"pt": {"lr": -1.0}}, "method_settings.pt.lr"),
+    ({"mpt_multi": {"max_steps": 0}}, "method_settings.mpt_multi.max_steps"),
     ({"pt": {"bogus": 1}}, "bogus"),
 ])
 def test_method_settings_errors_name_the_key(tmp_path, data_dir, bad, key):

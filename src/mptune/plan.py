@@ -83,6 +83,9 @@ class MethodSettings:
     """MPT methods: the learning rate of P* (else adapt.lr_shared)."""
     lr_task: Optional[float] = None
     """MPT methods: the learning rate of u, v (else adapt.lr_task)."""
+    max_steps: Optional[int] = None
+    """Its target runs' optimizer steps (else target_train.max_steps). MPT* shares its steps among its
+    targets: at n targets, n times the steps give each about the examples one MPT run sees."""
 
     def given(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
@@ -161,9 +164,10 @@ class Layout:
         return self.cfg.method_settings.get(m.name) or MethodSettings()
 
     def train_of(self, m: "Method", c: Cell) -> TrainConfig:
-        """The cell's optimisation with the method's own learning rate, if it has one."""
-        lr = self.settings_of(m).lr
-        return c.train if lr is None else dataclasses.replace(c.train, lr=lr)
+        """The cell's optimisation with the method's own learning rate and steps, where it has them."""
+        own = self.settings_of(m)
+        changed = {k: getattr(own, k) for k in ("lr", "max_steps") if getattr(own, k) is not None}
+        return dataclasses.replace(c.train, **changed) if changed else c.train
 
 
 # -- the methods ---------------------------------------------------------------------------
@@ -233,13 +237,13 @@ class Method:
     source: Optional[str]  # the source-training variant (SOURCES) it adapts from; None: no source stage
     build: Callable[[Layout, "Method", Cell], list[Stage]]  # its target stages in one Cell
     about: str
-    settings: tuple[str, ...] = ("lr",)  # the MethodSettings fields it takes
+    settings: tuple[str, ...] = ("lr", "max_steps")  # the MethodSettings fields it takes
 
 
-ADAPT_SETTINGS = ("lr", "lr_shared", "lr_task")  # the MPT methods' (adapt) own settings
+ADAPT_SETTINGS = ("lr", "max_steps", "lr_shared", "lr_task")  # the MPT methods' (adapt) own settings
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("pt", "PT", "tab:gray", "main", None, _pt, "vanilla prompt tuning from sampled vocabulary",
-           ("lr", "prompt_length")),
+           ("lr", "max_steps", "prompt_length")),
     Method("spot", "SPoT (best source)", "tab:blue", "baseline", None, _spot,
            "prompt tuning from the teacher prompt best on the target's dev set at step 0 (or spot_source's)"),
     Method("spot_avg", "SPoT-style (teachers' avg)", "tab:cyan", "baseline", None, _spot_avg,

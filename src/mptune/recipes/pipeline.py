@@ -117,8 +117,9 @@ class PipelineConfig:
                 _check(key in METHODS[name].settings, f"method_settings.{name}.{key}",
                        f"not a setting of {name} (it takes {', '.join(METHODS[name].settings)})")
             _check(own.lr is None or own.lr > 0, f"method_settings.{name}.lr", "must be > 0")
-            _check(own.prompt_length is None or own.prompt_length >= 1, f"method_settings.{name}.prompt_length",
-                   "must be >= 1")
+            for key in ("prompt_length", "max_steps"):
+                _check(getattr(own, key) is None or getattr(own, key) >= 1, f"method_settings.{name}.{key}",
+                       "must be >= 1")
         _check(self.workers >= 1, "workers", "must be >= 1")
         _check(self.threads is None or self.threads >= 1, "threads", "must be >= 1")
         if self.spot_source is not None:
