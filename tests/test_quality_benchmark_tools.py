@@ -34,6 +34,10 @@ def test_seed_averages_leave_out_controls_unless_asked():
     assert cmp.seed_averages(RES, "pt", "full", "test", True) == pytest.approx({"1": 40, "2": 140 / 3, "3": 190 / 3})
     assert cmp.seed_averages(RES, "mpt", "full", "dev", False) == {"1": 60, "2": 65, "3": 75}
     assert cmp.seed_averages(RES, "spot", "full", "test", False) == {}
+    # a launch on the control only: nothing is left to average without it (it raised StatisticsError)
+    cola_only = {"cola": RES["results"]["settings"]["full"]["pt"]["tasks"]["cola"]}
+    assert cmp.per_seed_average(cola_only, [], require=["cola"]) == {}
+    assert cmp.per_seed_average(cola_only, ["cola"]) == {"1": 0, "2": 0, "3": 30}
 
 
 def test_table_pairs_seeds_against_the_first_entry():

@@ -21,9 +21,10 @@ from pathlib import Path
 def per_seed_average(tasks: dict, names: list[str], split: str = "test",
                      require: list[str] | None = None) -> dict[str, float]:
     """seed -> mean of ``tasks[t]["seeds"][seed][split]`` over ``names`` (a results.json cell's tasks),
-    for the seeds that every task in ``require`` (default: ``names``) has, in the order they were run."""
+    for the seeds that every task in ``require`` (default: ``names``) has, in the order they were run;
+    {} when there is nothing to average (e.g. the targets without controls of a launch on the control only)."""
     require = names if require is None else require
-    if not require:
+    if not require or not names:
         return {}
     common = set.intersection(*(set(tasks[t]["seeds"]) for t in require))
     return {s: statistics.fmean(tasks[t]["seeds"][s][split] for t in names)
