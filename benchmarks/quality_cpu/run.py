@@ -274,11 +274,14 @@ EXECUTION = ("workers", "threads")  # how the stages ran, not what they computed
 
 def _same_run(old, new, default) -> bool:
     """`new` describes the run `old` does: equal on every key of `old`; the keys added since (options
-    newer than `old`) hold their defaults, i.e. they were not used."""
+    newer than `old`) hold their defaults, i.e. they were not used. Entries of a mapping the default
+    config leaves empty (method_settings.<method>) have no default: there a newer key is unused when None
+    (unset, MethodSettings' convention)."""
     if isinstance(old, dict) and isinstance(new, dict):
-        default = default if isinstance(default, dict) else {}
-        return (all(k in new and _same_run(v, new[k], default.get(k)) for k, v in old.items())
-                and all(k in default and new[k] == default[k] for k in new.keys() - old.keys()))
+        default = default if isinstance(default, dict) else None
+        return (all(k in new and _same_run(v, new[k], (default or {}).get(k)) for k, v in old.items())
+                and all(new[k] is None if default is None else k in default and new[k] == default[k]
+                        for k in new.keys() - old.keys()))
     return old == new
 
 
