@@ -85,7 +85,8 @@ class MethodSettings:
     """MPT methods: the learning rate of u, v (else adapt.lr_task)."""
     max_steps: Optional[int] = None
     """Its target runs' optimizer steps (else target_train.max_steps). MPT* shares its steps among its
-    targets: at n targets, n times the steps give each about the examples one MPT run sees."""
+    targets: at two, twice the steps give each as many examples as one MPT run (at more, the task
+    sampler's mix decides each target's share)."""
 
     def given(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
