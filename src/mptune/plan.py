@@ -92,6 +92,9 @@ class MethodSettings:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
 
 
+TRAIN_SETTINGS = ("lr", "max_steps")  # MethodSettings fields that replace the cell's TrainConfig field of that name
+
+
 class Layout:
     """Where each stage of a pipeline config lives, what it runs and what it needs. Stage folders are
     named by task name (a task file's ``name``); every task file is checked when the layout is made."""
@@ -167,7 +170,7 @@ class Layout:
     def train_of(self, m: "Method", c: Cell) -> TrainConfig:
         """The cell's optimisation with the method's own learning rate and steps, where it has them."""
         own = self.settings_of(m)
-        changed = {k: getattr(own, k) for k in ("lr", "max_steps") if getattr(own, k) is not None}
+        changed = {k: getattr(own, k) for k in TRAIN_SETTINGS if getattr(own, k) is not None}
         return dataclasses.replace(c.train, **changed) if changed else c.train
 
 
@@ -238,13 +241,13 @@ class Method:
     source: Optional[str]  # the source-training variant (SOURCES) it adapts from; None: no source stage
     build: Callable[[Layout, "Method", Cell], list[Stage]]  # its target stages in one Cell
     about: str
-    settings: tuple[str, ...] = ("lr", "max_steps")  # the MethodSettings fields it takes
+    settings: tuple[str, ...] = TRAIN_SETTINGS  # the MethodSettings fields it takes
 
 
-ADAPT_SETTINGS = ("lr", "max_steps", "lr_shared", "lr_task")  # the MPT methods' (adapt) own settings
+ADAPT_SETTINGS = TRAIN_SETTINGS + ("lr_shared", "lr_task")  # the MPT methods' (adapt) own settings
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("pt", "PT", "tab:gray", "main", None, _pt, "vanilla prompt tuning from sampled vocabulary",
-           ("lr", "max_steps", "prompt_length")),
+           TRAIN_SETTINGS + ("prompt_length",)),
     Method("spot", "SPoT (best source)", "tab:blue", "baseline", None, _spot,
            "prompt tuning from the teacher prompt best on the target's dev set at step 0 (or spot_source's)"),
     Method("spot_avg", "SPoT-style (teachers' avg)", "tab:cyan", "baseline", None, _spot_avg,

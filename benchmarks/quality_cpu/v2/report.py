@@ -282,8 +282,8 @@ def main(argv=None) -> int:
             runs.setdefault(setting, {}).pop(method, None)
             if method in other.get(setting, {}):
                 runs[setting][method] = other[setting][method]
-    order = list(METHODS)  # the methods table's order, wherever a method's runs came from
-    runs = {s: dict(sorted(by.items(), key=lambda kv: order.index(kv[0]))) for s, by in runs.items()}
+    # the methods table's order, wherever a method's runs came from
+    runs = {s: {m: by[m] for m in METHODS if m in by} for s, by in runs.items()}
     targets = Layout(cfg, check_data=False).target_names()
     controls = [c for c in args.controls.split(",") if c in targets]
     main_targets = [t for t in targets if t not in controls]
