@@ -203,6 +203,31 @@ def test_a_moved_run_folder_or_an_older_config_still_counts_as_finished(tmp_path
     assert recs[0]["skipped"]
 
 
+def test_a_launch_beside_stages_of_another_environment_names_what_differs(tmp_path):
+    import json
+
+    from mptune.utils import environment
+
+    run_plan([_stage(tmp_path, "a", seconds=0)], workers=1, say=lambda m: None)
+    said = []
+    run_plan([_stage(tmp_path, "a", seconds=0), _stage(tmp_path, "b", seconds=0)], workers=1, say=said.append)
+    assert not any("[note]" in m for m in said)  # made here: nothing to say
+    marker = tmp_path / "a" / "stage.json"
+    stage = json.loads(marker.read_text())
+    stage["environment"] = {**stage["environment"], "device": "Other CPU", "torch": "9.9"}
+    marker.write_text(json.dumps(stage))
+    said = []
+    run_plan([_stage(tmp_path, "a", seconds=0), _stage(tmp_path, "b", seconds=0)], workers=1, say=said.append)
+    assert not any("[note]" in m for m in said)  # b is finished too: nothing runs beside a, nothing to say
+    said = []
+    run_plan([_stage(tmp_path, "a", seconds=0), _stage(tmp_path, "c", ["a"], seconds=0)], workers=1, say=said.append)
+    here = environment()
+    note = next(m for m in said if m.startswith("[note]"))
+    assert said.index(note) < said.index("start c")  # said before anything runs
+    assert f"torch 9.9 (here {here['torch']})" in note and f"device Other CPU (here {here['device']})" in note
+    assert "1 finished stage was made in another environment" in note and "transformers" not in note
+
+
 @pytest.mark.parametrize("same_settings", [True, False])
 def test_a_stage_waiting_on_one_finished_elsewhere_starts_once_it_is_done(tmp_path, monkeypatch, same_settings):
     """A second launch whose next stage needs one the first launch is running: once that one is finished

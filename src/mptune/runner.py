@@ -4,6 +4,8 @@ optionally on several worker processes.
 A stage whose folder is complete (stage.json) is skipped when its config.yaml matches
 the plan's (otherwise the launch is refused, naming what changed); an unfinished one
 resumes from its checkpoints (the recipes do that, refusing changed settings too).
+A launch that runs stages beside finished ones made on another device or library versions
+says so first, naming what differs (their results are no exact replicas of each other).
 With ``workers > 1`` each stage runs in one of ``workers`` spawned processes with
 ``threads`` torch threads; a stage starts as soon as the stages it needs are done,
 earliest in the plan first. On a small
@@ -45,6 +47,8 @@ except ImportError:  # Windows: no flock; launches sharing a folder are not guar
 
 from .config import ConfigError
 from .plan import Stage
+from .recipes.common import environments
+from .utils import environment
 
 
 def _say(msg: str) -> None:
@@ -167,6 +171,9 @@ def run_plan(stages: Sequence[Stage], workers: int = 1, threads: Optional[int] =
         else:
             pending.append(s)
     if pending:
+        note = environment_note([s for s in stages if s.name in finished], environment())
+        if note:
+            say(note)
         if workers == 1:
             _set_threads(threads)
             error = _schedule(_InProcess(), pending, times, 1, say)
@@ -175,6 +182,25 @@ def run_plan(stages: Sequence[Stage], workers: int = 1, threads: Optional[int] =
         if error is not None:
             raise error
     return [record(s, times[s.name]) for s in stages]
+
+
+def environment_note(finished: Sequence[Stage], here: dict) -> Optional[str]:
+    """A note for a launch that runs stages beside finished ones made in another environment (their
+    stage.json's: device, library versions), naming what differs. Not a refusal (a folder may move to a
+    faster machine), but their runs are no exact replicas: a CPU of another kind alone changed what the
+    same teachers learned (benchmarks/quality_cpu/v2/README.md, section 22). None when all match."""
+    other = [e for e in environments(s.folder for s in finished) if e["environment"] and e["environment"] != here]
+    if not other:
+        return None
+    diffs = []
+    for key in dict.fromkeys([*here, *(k for e in other for k in e["environment"])]):
+        theirs = sorted({str(e["environment"].get(key)) for e in other if e["environment"].get(key) != here.get(key)})
+        if theirs:
+            diffs.append(f"{key} {' / '.join(theirs)} (here {here.get(key)})")
+    n = sum(e["stages"] for e in other)
+    return (f"[note] {n} finished stage{'s were' if n > 1 else ' was'} made in another environment: "
+            f"{'; '.join(diffs)}. The stages run now are no exact replicas of theirs: compare runs of one "
+            "environment (stage.json: environment)")
 
 
 def stale(finished: Sequence[Stage], shown: int = 4) -> None:

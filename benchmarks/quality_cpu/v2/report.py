@@ -127,19 +127,6 @@ def spot_picks(runs: dict, targets: list[str]) -> dict:
     return out
 
 
-def environments(folders) -> list[dict]:
-    """The distinct environments (`mptune.utils.environment`: versions, device) that the finished stages
-    in `folders` recorded in their stage.json, most stages first, each with its count; stages made before
-    stage.json kept one count under None. Results of two environments are not exact replicas."""
-    from mptune.recipes.common import read_stage
-
-    count = collections.Counter()
-    for f in sorted({Path(f) for f in folders}):
-        if stage := read_stage(f):
-            count[json.dumps(stage.get("environment"), sort_keys=True)] += 1
-    return [{"environment": json.loads(k), "stages": n} for k, n in count.most_common()]
-
-
 def environment_line(envs: list[dict]) -> str:
     def words(env: dict) -> str:  # the device first, then the libraries
         rest = [f"{k} {v}" for k, v in env.items() if k != "device"]
@@ -268,6 +255,7 @@ def main(argv=None) -> int:
     from run import load_config, stages
 
     from mptune.plan import METHODS, Layout, replicates, task_runs
+    from mptune.recipes.common import environments
 
     cfg = load_config(args.config, out=args.out, sets=args.set, dry_run=True)
     planned = stages(cfg, list(cfg.methods))

@@ -162,6 +162,17 @@ def read_stage(out_dir: Path) -> dict:
         return {}
 
 
+def environments(folders) -> list[dict]:
+    """The distinct environments (`mptune.utils.environment`: versions, device) that the finished stages
+    in `folders` recorded in their stage.json, most stages first, each with its count; stages made before
+    stage.json kept one count under None. Results of two environments are not exact replicas."""
+    count: Counter = Counter()
+    for f in sorted({Path(f) for f in folders}):
+        if stage := read_stage(f):
+            count[json.dumps(stage.get("environment"), sort_keys=True)] += 1
+    return [{"environment": json.loads(k), "stages": n} for k, n in count.most_common()]
+
+
 def stage_done(out_dir: Path, stage: str) -> bool:
     return read_stage(out_dir).get("stage") == stage
 
