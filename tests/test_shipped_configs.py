@@ -163,3 +163,20 @@ def test_v2_source_task_files_define_their_splits(path, shared_data):
     assert report.task.with_format("natural").template.endswith("\nAnswer:")  # the decoder-only template
     sizes = report.task.sizes(shared_data)
     assert sizes["dev"] == sizes["test"] == 500 and sizes["train"] > 4000
+
+
+def test_setup_installs_the_pinned_versions_of_declared_dependencies():
+    """scripts/constraints.txt pins exact versions of packages pyproject.toml declares (a stale or
+    misspelled line would pin nothing), covers the libraries stage.json records, and setup.sh uses it."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")
+    root = CONFIGS.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower()
+                for d in [*project["dependencies"], *(d for ds in project["optional-dependencies"].values() for d in ds)]}
+    lines = [x.split("#")[0].strip() for x in (root / "scripts" / "constraints.txt").read_text().splitlines()]
+    pins = dict(re.fullmatch(r"([A-Za-z0-9_.-]+)==([0-9][0-9A-Za-z.+]*)", x).groups() for x in lines if x)
+    assert {p.lower() for p in pins} <= declared and {"transformers", "accelerate"} <= pins.keys()
+    assert "torch" not in pins  # a CUDA build the user installed first is kept
+    assert "-c scripts/constraints.txt" in (root / "scripts" / "setup.sh").read_text()
