@@ -464,3 +464,44 @@ def test_v2_choose_takes_the_selection_dev_score_of_runs_without_a_final_dev_pas
     write(rec)
     with pytest.raises(SystemExit, match="qa has no dev score"):
         choose.load("pt", tmp_path)
+
+
+def test_v2_verdict_table_is_what_the_committed_results_give():
+    """verdict.md (the verdict so far, README's summary) is rendered from verdict.yaml and the committed
+    results.json files: a figure edited by hand, or a results.json rewritten since, fails here."""
+    import yaml
+
+    verdict = _load("v2/verdict")
+    assert verdict.render(yaml.safe_load(verdict.SPEC.read_text())) == verdict.OUT.read_text()
+    assert verdict.main(["--check"]) == 0
+
+
+def test_v2_verdict_reads_each_cell_from_its_claim_and_names_a_bad_entry(tmp_path, monkeypatch):
+    import json
+
+    verdict = _load("v2/verdict")
+    monkeypatch.setattr(verdict, "HERE", tmp_path)
+    (tmp_path / "s1").mkdir()
+    claim = {"a": "mpt", "b": "pt", "runs": 3, "verdict": "not separated",
+             "average": {"diff": 1.04, "ci95_low": -0.5, "ci95_high": 2.5},
+             "tasks": {"x": {"diff": -3.0, "ci95_low": -5.0, "ci95_high": -1.0},
+                       "y": {"diff": 5.0, "ci95_low": -1.0, "ci95_high": 11.0}}}
+    (tmp_path / "s1" / "results.json").write_text(json.dumps({"settings": {"k=4": {"claims": [claim]}}}))
+    spec = {"columns": {"c1": "first", "c2": "second"}, "cells": [
+        {"claim": "mpt-pt", "column": "c1", "results": "s1", "setting": "k=4", "section": 7},
+        {"claim": "mpt-pt", "column": "c1", "results": "s1", "setting": "k=4", "section": 7, "task": "x",
+         "note": "x alone"}]}
+    row = next(line for line in verdict.render(spec).splitlines() if line.startswith("| MPT > PT"))
+    assert row == ("| MPT > PT | +1.0 [−0.5, +2.5] (3 draws, §7)<br>**−3.0 [−5.0, −1.0] reversed** "
+                   "(x alone; 3 draws, §7) | not run |")
+    bad = [({"claim": "pt-mpt"}, r"cells\[0\]: claim 'pt-mpt' is not one of mpt-pt"),
+           ({"column": "c3"}, r"cells\[0\]: column 'c3' is not one of c1, c2"),
+           ({"results": "s2"}, r"cells\[0\]: results 's2': no s2/results.json"),
+           ({"setting": "full"}, r"cells\[0\]: setting 'full' is not in s1/results.json \(it has k=4\)"),
+           ({"claim": "mpt-spot"}, r"cells\[0\]: claim 'mpt-spot' is not in s1/results.json at k=4"),
+           ({"task": "z"}, r"cells\[0\]: task 'z' is not among the claim's tasks \(x, y\)"),
+           ({"seeds": 3}, r"cells\[0\]: unknown key\(s\) seeds")]
+    for change, message in bad:
+        entry = dict(spec["cells"][0], **change)
+        with pytest.raises(verdict.VerdictError, match=message):
+            verdict.render({"columns": spec["columns"], "cells": [entry]})
