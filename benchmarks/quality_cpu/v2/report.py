@@ -50,6 +50,11 @@ def cells(runs: dict, targets: list[str]) -> dict:
     return out
 
 
+def verdict(iv: dict) -> str:
+    """A claim a − b > 0 read from its 95 % interval: "holds", "reversed" or "not separated"."""
+    return "holds" if iv["ci95_low"] > 0 else "reversed" if iv["ci95_high"] < 0 else "not separated"
+
+
 def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> list[dict]:
     from mptune.recipes.quickstart import compare
 
@@ -62,8 +67,7 @@ def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> l
         if c is None:
             continue
         iv = c["average"]
-        verdict = ("holds" if iv["ci95_low"] > 0 else "reversed" if iv["ci95_high"] < 0 else "not separated")
-        out.append({"a": a, "b": b, "claim": what, "verdict": verdict, "average_over": over,
+        out.append({"a": a, "b": b, "claim": what, "verdict": verdict(iv), "average_over": over,
                     "controls_only": not main_have, "runs": len(c["seeds"]) if not c.get("draws") else c["draws"],
                     "average": iv, "tasks": c["tasks"], "n_test": c["n_test"], "resamples": resamples})
     return out

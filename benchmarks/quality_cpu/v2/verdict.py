@@ -20,7 +20,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from report import CLAIMS  # noqa: E402  (a, b, the claim a − b > 0 tests): the one list of claims
+from report import CLAIMS, verdict  # noqa: E402  the one list of claims (a, b, what a − b > 0 tests), the one rule
 
 SPEC, OUT = HERE / "verdict.yaml", HERE / "verdict.md"
 KEYS = {"claim", "column", "results", "setting", "task", "section", "note"}
@@ -54,10 +54,9 @@ def cell(entry: dict, where: str) -> dict:
             raise VerdictError(f"{where}: task {entry['task']!r} is not among the claim's tasks "
                                f"({', '.join(c['tasks'])}) in {path.relative_to(HERE)}")
         v = c["tasks"][entry["task"]]
-        verdict = "holds" if v["ci95_low"] > 0 else "reversed" if v["ci95_high"] < 0 else "not separated"
     else:
-        v, verdict = c["average"], c["verdict"]
-    return {"diff": v["diff"], "low": v["ci95_low"], "high": v["ci95_high"], "verdict": verdict, "runs": c["runs"]}
+        v = c["average"]
+    return {"diff": v["diff"], "low": v["ci95_low"], "high": v["ci95_high"], "verdict": verdict(v), "runs": c["runs"]}
 
 
 def render(spec: dict) -> str:
