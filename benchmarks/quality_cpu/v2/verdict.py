@@ -22,24 +22,30 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from report import CLAIMS, verdict  # noqa: E402  the one list of claims (a, b, what a − b > 0 tests), the one rule
 
+from mptune.errors import MptuneError  # noqa: E402  (report put src/ on the path)
+
 SPEC, OUT = HERE / "verdict.yaml", HERE / "verdict.md"
-KEYS = {"claim", "column", "results", "setting", "task", "section", "note"}
+REQUIRED = {"claim", "column", "results", "setting", "section"}
+KEYS = REQUIRED | {"task", "note"}
 
 
-class VerdictError(ValueError):
-    pass
+class VerdictError(MptuneError, ValueError):
+    """An entry of verdict.yaml that does not name a committed claim; the message names cells[i] and the key."""
 
 
 def _num(x: float) -> str:
     return f"{x:+.1f}".replace("-", "−")
 
 
-def cell(entry: dict, where: str) -> dict:
-    """One entry of verdict.yaml -> {diff, low, high, verdict, runs} from the claim in its results.json."""
+def cell(entry: dict, where: str, loaded: dict) -> dict:
+    """One entry of verdict.yaml -> {diff, low, high, verdict, runs} from the claim in its results.json
+    (each file read once per render: `loaded` maps its path to its settings)."""
     path = HERE / entry["results"] / "results.json"
-    if not path.is_file():
-        raise VerdictError(f"{where}: results {entry['results']!r}: no {path.relative_to(HERE)}")
-    settings = json.loads(path.read_text())["settings"]
+    if path not in loaded:
+        if not path.is_file():
+            raise VerdictError(f"{where}: results {entry['results']!r}: no {path.relative_to(HERE)}")
+        loaded[path] = json.loads(path.read_text())["settings"]
+    settings = loaded[path]
     if entry["setting"] not in settings:
         raise VerdictError(f"{where}: setting {entry['setting']!r} is not in {path.relative_to(HERE)} "
                            f"(it has {', '.join(settings)})")
@@ -62,10 +68,10 @@ def cell(entry: dict, where: str) -> dict:
 def render(spec: dict) -> str:
     columns, claims = spec["columns"], {f"{a}-{b}": title for a, b, title in CLAIMS}
     grid: dict[tuple[str, str], list[str]] = {}
+    loaded: dict[Path, dict] = {}
     for i, e in enumerate(spec["cells"]):
         where = f"verdict.yaml cells[{i}]"
-        unknown = set(e) - KEYS
-        missing = {"claim", "column", "results", "setting", "section"} - set(e)
+        unknown, missing = set(e) - KEYS, REQUIRED - set(e)
         if unknown or missing:
             raise VerdictError(f"{where}: " + "; ".join(
                 ([f"unknown key(s) {', '.join(sorted(unknown))}"] if unknown else [])
@@ -74,7 +80,7 @@ def render(spec: dict) -> str:
             raise VerdictError(f"{where}: claim {e['claim']!r} is not one of {', '.join(claims)}")
         if e["column"] not in columns:
             raise VerdictError(f"{where}: column {e['column']!r} is not one of {', '.join(columns)}")
-        c = cell(e, where)
+        c = cell(e, where, loaded)
         figure = f"{_num(c['diff'])} [{_num(c['low'])}, {_num(c['high'])}]"
         if c["verdict"] != "not separated":
             figure = f"**{figure} {c['verdict']}**"
