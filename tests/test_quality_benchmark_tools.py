@@ -287,6 +287,25 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     assert list(res2["settings"]["full"]["cells"]) == ["pt", "spot", "mpt"] == list(full["cells"])
     md2 = (tmp_path / "out2" / "results.md").read_text()
     assert md2.index("| PT | ") < md2.index("| SPoT") < md2.index("| MPT | ")
+    assert "against" not in res2["settings"]["full"] and "method_against" not in res2 and "here − " not in md2
+    # each method against its own runs in another folder (there: PT at another lr), paired over the seeds
+    assert report.main(["--config", str(f), "--results", str(tmp_path / "vs"), "--resamples", "50",
+                        "--controls", "stsb", "--against", "pt", str(tmp_path / "pt_run"), "target_train.lr=0.1"]) == 0
+    vs = json.loads((tmp_path / "vs" / "results.json").read_text())
+    assert vs["method_against"] == {"pt": [str(tmp_path / "pt_run"), "target_train.lr=0.1"]}
+    assert vs["settings"]["full"]["cells"] == full["cells"] and vs["settings"]["full"]["claims"] == full["claims"]
+    for s in ("full", "k=2"):
+        (c,) = vs["settings"][s]["against"]
+        there = res2["settings"][s]["cells"]["pt"]["rte"]["runs"]
+        here = res["settings"][s]["cells"]["pt"]["rte"]["runs"]
+        assert c["method"] == "pt" and c["runs"] == 2 and c["average_over"] == ["rte"] and set(c["tasks"]) == {"rte", "stsb"}
+        assert c["average"]["diff"] == pytest.approx(sum(here[k] - there[k] for k in here) / 2)
+        assert c["average"]["ci95_low"] <= c["average"]["diff"] <= c["average"]["ci95_high"]
+    assert f"| PT | here − `{tmp_path / 'pt_run'} target_train.lr=0.1` | {c['average']['diff']:+.1f} |" in (
+        tmp_path / "vs" / "results.md").read_text()
+    # the stages it read there count among the environments: PT's 2 seeds x 2 targets x 2 settings more
+    from mptune.utils import environment
+    assert vs["environments"] == [{"environment": environment(), "stages": 3 + 2 * 12 + 8}]
     # the environments the stages ran on: every stage folder of the report once (2 teachers, the source
     # stage, 3 methods x 2 seeds x 2 targets in each of the 2 settings), from its stage.json
     from mptune.utils import environment

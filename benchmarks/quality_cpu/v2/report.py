@@ -73,6 +73,26 @@ def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> l
     return out
 
 
+def against(runs: dict, there: dict, where: dict, targets: list[str], main: list[str], resamples: int) -> list[dict]:
+    """Each method of `there` (method -> task -> seed -> draw, from the folder where[method] names) paired
+    with its own runs here: "METHOD here − METHOD there" (e.g. 200 target steps against 100), over the
+    seeds both ran, in the layout of claims()."""
+    from mptune.recipes.quickstart import compare
+
+    out = []
+    for m, by_task in there.items():
+        pair = {"here": runs.get(m, {}), "there": by_task}
+        have = [t for t in targets if all(pair[k].get(t) for k in pair)]
+        over = [t for t in main if t in have] or have
+        c = compare(pair, have, resamples, pair=("here", "there"), average_over=over) if have else None
+        if c is not None:
+            iv = c["average"]
+            out.append({"method": m, "there": where[m], "verdict": verdict(iv), "average_over": over,
+                        "runs": len(c["seeds"]) if not c.get("draws") else c["draws"], "average": iv,
+                        "tasks": c["tasks"], "n_test": c["n_test"], "resamples": resamples})
+    return out
+
+
 def trivial(task, examples) -> tuple[float, str]:
     """The score of answering every example alike: the majority class of these examples (classification),
     the empty answer (generation), a constant (regression: no correlation, 0)."""
@@ -225,6 +245,17 @@ def markdown(res: dict) -> str:
                          f"[{c['average']['ci95_low']:+.1f}, {c['average']['ci95_high']:+.1f}] | {c['verdict']}"
                          f"{' (on the control only)' if c.get('controls_only') else ''} | "
                          f"{c['runs']} | {per} |")
+        if r.get("against"):
+            lines += ["", "Each method against its own runs in another folder (launched with the overrides named): "
+                      "paired difference of test scores, bootstrap 95 % interval over test examples and runs.", "",
+                      "| method | here − there | average (w/o controls) | 95 % interval | verdict | runs | per task |",
+                      "|---|---|---|---|---|---|---|"]
+            for c in r["against"]:
+                per = "; ".join(f"{t} {v['diff']:+.1f} [{v['ci95_low']:+.1f}, {v['ci95_high']:+.1f}]"
+                                for t, v in c["tasks"].items())
+                lines.append(f"| {METHODS[c['method']].label} | here − `{' '.join(c['there'])}` | "
+                             f"{c['average']['diff']:+.1f} | [{c['average']['ci95_low']:+.1f}, "
+                             f"{c['average']['ci95_high']:+.1f}] | {c['verdict']} | {c['runs']} | {per} |")
         lines += ["", "| method | " + " | ".join(f"{t} (n_test {res['n_test'].get(t, '?')})" for t in res["targets"])
                   + " |", "|---" * (len(res["targets"]) + 1) + "|"]
         for m, by_task in r["cells"].items():
@@ -254,6 +285,10 @@ def main(argv=None) -> int:
                     metavar=("METHOD OUT", "KEY=VALUE"),
                     help="take METHOD's runs from another run folder OUT, launched with these extra overrides "
                          "(e.g. PT at the length and lr its sweep chose): --from pt runs/x prompt.length=20")
+    ap.add_argument("--against", dest="method_against", nargs="+", action="append", default=[],
+                    metavar=("METHOD OUT", "KEY=VALUE"),
+                    help="pair METHOD's runs here with its own runs in another run folder OUT, launched with these "
+                         "extra overrides (e.g. fewer target steps): --against pt runs/x target_train.max_steps=100")
     args = ap.parse_args(argv)
 
     from run import load_config, stages
@@ -265,11 +300,15 @@ def main(argv=None) -> int:
     planned = stages(cfg, list(cfg.methods))
     runs = task_runs(planned)
     upstream = [s.folder for s in planned if not s.method]  # teachers, source stages
-    for method, out, *sets in args.method_from:  # that method's cells from its own run folder
+
+    def runs_of(method: str, out: str, sets: list[str]) -> dict:  # setting -> method -> task -> seed -> draw
         ocfg = load_config(args.config, out=out, sets=[*args.set, *sets, f"methods=[{method}]"], dry_run=True)
         oplanned = stages(ocfg, [method])
-        other = task_runs(oplanned)
-        upstream += [s.folder for s in oplanned if not s.method]
+        upstream.extend(s.folder for s in oplanned if not s.method)
+        return task_runs(oplanned)
+
+    for method, out, *sets in args.method_from:  # that method's cells from its own run folder
+        other = runs_of(method, out, sets)
         for setting in runs.keys() | other.keys():
             runs.setdefault(setting, {}).pop(method, None)
             if method in other.get(setting, {}):
@@ -282,6 +321,13 @@ def main(argv=None) -> int:
     res = {"command": "python " + " ".join([str(Path(__file__).relative_to(REPO)), *(argv or sys.argv[1:])]),
            "run": cfg.output_dir, "method_from": {m: [o, *s] for m, o, *s in args.method_from}, "targets": targets, "controls": controls, "teachers": teachers(Path(cfg.output_dir)),
            "n_test": {}, "settings": {}}
+    there = {}  # setting -> method -> its runs in the folder --against names
+    for method, out, *sets in args.method_against:
+        for setting, by_method in runs_of(method, out, sets).items():
+            if method in by_method:
+                there.setdefault(setting, {})[method] = by_method[method]
+    if args.method_against:
+        res["method_against"] = {m: [o, *s] for m, o, *s in args.method_against}
     for s, by_method in runs.items():
         c = cells(by_method, targets)
         for by_task in c.values():
@@ -291,8 +337,11 @@ def main(argv=None) -> int:
         res["settings"][s] = {"cells": c, "claims": claims(by_method, targets, main_targets, args.resamples),
                               "curves": curves(by_method, targets), "spot_picks": spot_picks(by_method, targets),
                               "trivial": target_baselines(by_method, targets)}
-    res["environments"] = environments([*upstream, *(r.folder for by_method in runs.values() for by_task in
-                                                      by_method.values() for by_seed in by_task.values()
+        if s in there:
+            res["settings"][s]["against"] = against(by_method, there[s], res["method_against"], targets,
+                                                    main_targets, args.resamples)
+    res["environments"] = environments([*upstream, *(r.folder for table in (runs, there) for by_method in table.values()
+                                                      for by_task in by_method.values() for by_seed in by_task.values()
                                                       for r in replicates(by_seed).values())])
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
