@@ -216,6 +216,14 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _paired(c: dict, marked: str = "") -> str:
+    """The rest of a claims-table row: average, its interval, verdict (+ mark), runs, each task's interval."""
+    iv = lambda v: f"{v['diff']:+.1f} [{v['ci95_low']:+.1f}, {v['ci95_high']:+.1f}]"  # noqa: E731
+    a = c["average"]
+    return (f"{a['diff']:+.1f} | [{a['ci95_low']:+.1f}, {a['ci95_high']:+.1f}] | {c['verdict']}{marked} | {c['runs']} | "
+            + "; ".join(f"{t} {iv(v)}" for t, v in c["tasks"].items()) + " |")
+
+
 def markdown(res: dict) -> str:
     from mptune.plan import METHODS, setting_title
 
@@ -239,23 +247,15 @@ def markdown(res: dict) -> str:
                       "", "| claim | a − b | average (w/o controls) | 95 % interval | verdict | runs | per task |",
                       "|---|---|---|---|---|---|---|"]
         for c in r["claims"]:
-            per = "; ".join(f"{t} {v['diff']:+.1f} [{v['ci95_low']:+.1f}, {v['ci95_high']:+.1f}]"
-                            for t, v in c["tasks"].items())
-            lines.append(f"| {c['claim']} | {c['a']} − {c['b']} | {c['average']['diff']:+.1f} | "
-                         f"[{c['average']['ci95_low']:+.1f}, {c['average']['ci95_high']:+.1f}] | {c['verdict']}"
-                         f"{' (on the control only)' if c.get('controls_only') else ''} | "
-                         f"{c['runs']} | {per} |")
+            lines.append(f"| {c['claim']} | {c['a']} − {c['b']} | "
+                         + _paired(c, " (on the control only)" if c.get("controls_only") else ""))
         if r.get("against"):
             lines += ["", "Each method against its own runs in another folder (launched with the overrides named): "
                       "paired difference of test scores, bootstrap 95 % interval over test examples and runs.", "",
                       "| method | here − there | average (w/o controls) | 95 % interval | verdict | runs | per task |",
                       "|---|---|---|---|---|---|---|"]
             for c in r["against"]:
-                per = "; ".join(f"{t} {v['diff']:+.1f} [{v['ci95_low']:+.1f}, {v['ci95_high']:+.1f}]"
-                                for t, v in c["tasks"].items())
-                lines.append(f"| {METHODS[c['method']].label} | here − `{' '.join(c['there'])}` | "
-                             f"{c['average']['diff']:+.1f} | [{c['average']['ci95_low']:+.1f}, "
-                             f"{c['average']['ci95_high']:+.1f}] | {c['verdict']} | {c['runs']} | {per} |")
+                lines.append(f"| {METHODS[c['method']].label} | here − `{' '.join(c['there'])}` | " + _paired(c))
         lines += ["", "| method | " + " | ".join(f"{t} (n_test {res['n_test'].get(t, '?')})" for t in res["targets"])
                   + " |", "|---" * (len(res["targets"]) + 1) + "|"]
         for m, by_task in r["cells"].items():
