@@ -308,7 +308,6 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     assert vs["environments"] == [{"environment": environment(), "stages": 3 + 2 * 12 + 8}]
     # the environments the stages ran on: every stage folder of the report once (2 teachers, the source
     # stage, 3 methods x 2 seeds x 2 targets in each of the 2 settings), from its stage.json
-    from mptune.utils import environment
     assert res["environments"] == [{"environment": environment(), "stages": 3 + 2 * 12}]
     assert f"Stages ran on: {environment()['device']}, accelerate " in md and "More than one" not in md
     old, moved = tmp_path / "run/teachers/rte/stage.json", tmp_path / "run/targets/full/mpt/seed-1/rte/stage.json"

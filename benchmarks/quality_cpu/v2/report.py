@@ -55,41 +55,38 @@ def verdict(iv: dict) -> str:
     return "holds" if iv["ci95_low"] > 0 else "reversed" if iv["ci95_high"] < 0 else "not separated"
 
 
-def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> list[dict]:
+def _pair(runs: dict, a: str, b: str, targets: list[str], main: list[str], resamples: int) -> dict | None:
+    """runs[a] − runs[b] on the targets both ran, averaged over the main ones among them (or, when only
+    controls ran, over those): verdict, interval, runs and per task; None when they share no target."""
     from mptune.recipes.quickstart import compare
 
-    out = []
-    for a, b, what in CLAIMS:
-        have = [t for t in targets if all(runs.get(m, {}).get(t) for m in (a, b))]  # a partial run: what both ran
-        main_have = [t for t in main if t in have]
-        over = main_have or have  # only controls ran (e.g. CoLA alone): their average, marked as such
-        c = compare(runs, have, resamples, pair=(a, b), average_over=over) if have else None
-        if c is None:
-            continue
-        iv = c["average"]
-        out.append({"a": a, "b": b, "claim": what, "verdict": verdict(iv), "average_over": over,
-                    "controls_only": not main_have, "runs": len(c["seeds"]) if not c.get("draws") else c["draws"],
-                    "average": iv, "tasks": c["tasks"], "n_test": c["n_test"], "resamples": resamples})
-    return out
+    have = [t for t in targets if all(runs.get(m, {}).get(t) for m in (a, b))]  # a partial run: what both ran
+    main_have = [t for t in main if t in have]
+    over = main_have or have  # only controls ran (e.g. CoLA alone): their average, marked as such
+    c = compare(runs, have, resamples, pair=(a, b), average_over=over) if have else None
+    if c is None:
+        return None
+    iv = c["average"]
+    return {"verdict": verdict(iv), "average_over": over, "controls_only": not main_have,
+            "runs": len(c["seeds"]) if not c.get("draws") else c["draws"], "average": iv, "tasks": c["tasks"],
+            "n_test": c["n_test"], "resamples": resamples}
+
+
+def claims(runs: dict, targets: list[str], main: list[str], resamples: int) -> list[dict]:
+    return [{"a": a, "b": b, "claim": what, **c} for a, b, what in CLAIMS
+            if (c := _pair(runs, a, b, targets, main, resamples)) is not None]
 
 
 def against(runs: dict, there: dict, where: dict, targets: list[str], main: list[str], resamples: int) -> list[dict]:
     """Each method of `there` (method -> task -> seed -> draw, from the folder where[method] names) paired
     with its own runs here: "METHOD here − METHOD there" (e.g. 200 target steps against 100), over the
     seeds both ran, in the layout of claims()."""
-    from mptune.recipes.quickstart import compare
-
     out = []
     for m, by_task in there.items():
-        pair = {"here": runs.get(m, {}), "there": by_task}
-        have = [t for t in targets if all(pair[k].get(t) for k in pair)]
-        over = [t for t in main if t in have] or have
-        c = compare(pair, have, resamples, pair=("here", "there"), average_over=over) if have else None
+        c = _pair({"here": runs.get(m, {}), "there": by_task}, "here", "there", targets, main, resamples)
         if c is not None:
-            iv = c["average"]
-            out.append({"method": m, "there": where[m], "verdict": verdict(iv), "average_over": over,
-                        "runs": len(c["seeds"]) if not c.get("draws") else c["draws"], "average": iv,
-                        "tasks": c["tasks"], "n_test": c["n_test"], "resamples": resamples})
+            c.pop("controls_only")
+            out.append({"method": m, "there": where[m], **c})
     return out
 
 
