@@ -213,6 +213,12 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _paired_head(first: str, second: str) -> list[str]:
+    """Header and rule of a table whose rows end in _paired()."""
+    return [f"| {first} | {second} | average (w/o controls) | 95 % interval | verdict | runs | per task |",
+            "|---|---|---|---|---|---|---|"]
+
+
 def _paired(c: dict, marked: str = "") -> str:
     """The rest of a claims-table row: average, its interval, verdict (+ mark), runs, each task's interval."""
     iv = lambda v: f"{v['diff']:+.1f} [{v['ci95_low']:+.1f}, {v['ci95_high']:+.1f}]"  # noqa: E731
@@ -241,16 +247,14 @@ def markdown(res: dict) -> str:
             lines.append("Claims: none (no claim has both of its methods run here).")
         else:
             lines += ["Claims: paired difference of test scores, bootstrap 95 % interval over test examples and runs.",
-                      "", "| claim | a − b | average (w/o controls) | 95 % interval | verdict | runs | per task |",
-                      "|---|---|---|---|---|---|---|"]
+                      "", *_paired_head("claim", "a − b")]
         for c in r["claims"]:
             lines.append(f"| {c['claim']} | {c['a']} − {c['b']} | "
                          + _paired(c, " (on the control only)" if c.get("controls_only") else ""))
         if r.get("against"):
             lines += ["", "Each method against its own runs in another folder (launched with the overrides named): "
                       "paired difference of test scores, bootstrap 95 % interval over test examples and runs.", "",
-                      "| method | here − there | average (w/o controls) | 95 % interval | verdict | runs | per task |",
-                      "|---|---|---|---|---|---|---|"]
+                      *_paired_head("method", "here − there")]
             for c in r["against"]:
                 lines.append(f"| {METHODS[c['method']].label} | here − `{' '.join(c['there'])}` | " + _paired(c))
         lines += ["", "| method | " + " | ".join(f"{t} (n_test {res['n_test'].get(t, '?')})" for t in res["targets"])
