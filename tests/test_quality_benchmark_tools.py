@@ -226,6 +226,12 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
         want = sum(cells[c["a"]]["rte"]["runs"][s] - cells[c["b"]]["rte"]["runs"][s] for s in ("1", "2")) / 2
         assert iv["diff"] == pytest.approx(want)
     assert [p[0] for p in full["curves"]["pt"]["rte"]] == [2, 4]
+    # each run's selected step and the dev score the selection saw there, as its metrics.json logged them
+    for m, seed in (("pt", 1), ("mpt", 2)):
+        logged = json.loads((tmp_path / f"run/targets/full/{m}/seed-{seed}/rte/metrics.json").read_text())
+        dev = {h["step"]: h["dev_score"] for h in logged["dev_history"]}[logged["best_step"]]
+        assert full["cells"][m]["rte"]["selected"][str(seed)] == {"step": logged["best_step"], "dev": dev}
+    assert set(res["settings"]["k=2"]["cells"]["pt"]["rte"]["selected"]) == {"1/draw-0", "2/draw-0"}
     # rte's accuracy is a mean over examples: each resample averages the examples' scores; recomputing the
     # metric on every resample instead gives the same intervals
     from mptune.tasks import metrics as M
@@ -252,6 +258,9 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     for table in md.split("| method |")[1:]:  # each setting's method table ends with the trivial row, unbroken
         assert table.split("\n\n")[0].rstrip().splitlines()[-1].startswith("| *trivial baseline* |")
     assert md.count("| method |") == 2 == md.count("| *trivial baseline* |")
+    sel = full["cells"]["pt"]["rte"]["selected"]
+    assert (f"Selected step (dev score there) per run: PT rte 1: {sel['1']['step']} ({sel['1']['dev']:.1f}), "
+            f"2: {sel['2']['step']} ({sel['2']['dev']:.1f});") in md
     assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md and "| *trivial baseline* | " in md
     from mptune.plan import setting_title  # each setting's heading, as run.py's results.md heads it too
     assert "\n## full training data\n" in md and setting_title("k=16") == "few-shot, k=16 per class"

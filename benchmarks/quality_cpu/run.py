@@ -61,14 +61,19 @@ def _mean_std(vals: list[float]) -> dict:
     return {"mean": statistics.fmean(vals) if vals else None, "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0}
 
 
+def dev_at_best(r) -> float | None:
+    """The dev score the selection saw at a run's best step (None where several targets shared the
+    selection, MPT*, or the run logged no dev score there)."""
+    return next((h["dev_score"] for h in r.dev_history or () if h["step"] == r.best_step), None)
+
+
 def _run_record(r) -> dict:
     """One run's numbers; without a final dev pass (target_train.final_dev: false) also the dev score at
     its best step, the one the selection saw (`dev_selection`)."""
     rec = {"test": r.entry["test"]["score"], "dev": r.entry["dev"].get("score"), "best_step": r.best_step,
            "metrics": r.entry["test"]}
-    at_best = [h["dev_score"] for h in r.dev_history or () if h["step"] == r.best_step]
-    if rec["dev"] is None and at_best:
-        rec["dev_selection"] = at_best[0]
+    if rec["dev"] is None and (at_best := dev_at_best(r)) is not None:
+        rec["dev_selection"] = at_best
     return rec
 
 

@@ -34,7 +34,11 @@ CLAIMS = [("mpt", "pt", "MPT > PT"), ("mpt", "spot", "MPT > SPoT (best single so
 
 
 def cells(runs: dict, targets: list[str]) -> dict:
-    """method -> task -> {mean, std, n_runs, n_test, runs: {seed[/draw]: test}} of one setting."""
+    """method -> task -> {mean, std, n_runs, n_test, runs: {seed[/draw]: test}, selected: {seed[/draw]: {step,
+    dev}}} of one setting: `selected` is each run's best step and the dev score the selection saw there
+    (dev None where several targets shared the selection, MPT*)."""
+    from run import dev_at_best
+
     from mptune.plan import replicates
 
     out = {}
@@ -46,7 +50,8 @@ def cells(runs: dict, targets: list[str]) -> dict:
             out[method][t] = {"mean": statistics.fmean(scores) if scores else None,
                               "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "n_runs": len(scores),
                               "n_test": next((r.entry.get("n_test") for r in reps.values()), None),
-                              "runs": {k: r.entry["test"]["score"] for k, r in reps.items()}}
+                              "runs": {k: r.entry["test"]["score"] for k, r in reps.items()},
+                              "selected": {k: {"step": r.best_step, "dev": dev_at_best(r)} for k, r in reps.items()}}
     return out
 
 
@@ -265,7 +270,13 @@ def markdown(res: dict) -> str:
         if base:
             lines.append("| *trivial baseline* | " + " | ".join(
                 f"{base[t]['score']:.1f} ({base[t]['is']})" if t in base else "—" for t in res["targets"]) + " |")
-        if r.get("spot_picks"):  # below the table, not inside it
+        picked = [f"{METHODS[m].label} {t} " + ", ".join(
+            f"{k}: {sel['step']} ({'—' if sel['dev'] is None else format(sel['dev'], '.1f')})"
+            for k, sel in c["selected"].items()) for m, by_task in r["cells"].items() for t, c in by_task.items()
+            if c.get("selected")]  # results written before it was recorded have none
+        if picked:  # below the table, not inside it
+            lines += ["", "Selected step (dev score there) per run: " + "; ".join(picked) + "."]
+        if r.get("spot_picks"):
             lines += ["", "SPoT's source, chosen on each target's dev set: " + "; ".join(
                 f"{t}: " + ", ".join(f"{src} (run {k})" for k, src in by_run.items())
                 for t, by_run in r["spot_picks"].items()) + "."]
