@@ -8,7 +8,6 @@ left padding (GPT-2's learned positions, RoPE elsewhere) and the target alignmen
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import make_tokenizer
 from mptune.backbone import Backbone

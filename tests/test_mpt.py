@@ -1,7 +1,6 @@
 """MPT pieces: decomposition, task sampling, distillation and adaptation stages."""
 
 import dataclasses
-import json
 
 import pytest
 import torch

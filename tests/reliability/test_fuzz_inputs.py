@@ -280,7 +280,7 @@ def test_labels_outside_the_label_set(tmp_path):
         try:
             exs = get_task("rte").load_raw("train", tmp_path)
         except DataError as e:
-            assert f"train.tsv:3:" in str(e), str(e)
+            assert "train.tsv:3:" in str(e), str(e)
         else:  # accepted only when it is a valid spelling of a label
             assert [e.label for e in exs][1] in (0, 1) and bad.strip().lower() in ("entailment", "1", "1.0"), bad
         tally("bad inputs: labels outside the label set")

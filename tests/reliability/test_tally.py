@@ -3,7 +3,6 @@ every kind the tests count is described, and what the READMEs quote is what tall
 
 import json
 import re
-from pathlib import Path
 
 from .tally import BEGIN, END, HERE, KINDS, markdown, summarise
 

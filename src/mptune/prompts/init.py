@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch import nn
 
 from ..config import PromptConfig, PromptInit
 from .io import load_prompt
