@@ -232,6 +232,18 @@ def _paired(c: dict, marked: str = "") -> str:
             + "; ".join(f"{t} {iv(v)}" for t, v in c["tasks"].items()) + " |")
 
 
+def _selected(cells_: dict) -> str:
+    """Each run's selected step and dev score, e.g. "PT rte 1: 4 (50.0), 2: 2 (62.5)"; "" for results
+    written before cells recorded them."""
+    def run(k: str, sel: dict) -> str:
+        return f"{k}: {sel['step']} ({'—' if sel['dev'] is None else format(sel['dev'], '.1f')})"
+
+    from mptune.plan import METHODS
+
+    return "; ".join(f"{METHODS[m].label} {t} " + ", ".join(run(k, sel) for k, sel in c["selected"].items())
+                     for m, by_task in cells_.items() for t, c in by_task.items() if c.get("selected"))
+
+
 def markdown(res: dict) -> str:
     from mptune.plan import METHODS, setting_title
 
@@ -270,12 +282,9 @@ def markdown(res: dict) -> str:
         if base:
             lines.append("| *trivial baseline* | " + " | ".join(
                 f"{base[t]['score']:.1f} ({base[t]['is']})" if t in base else "—" for t in res["targets"]) + " |")
-        picked = [f"{METHODS[m].label} {t} " + ", ".join(
-            f"{k}: {sel['step']} ({'—' if sel['dev'] is None else format(sel['dev'], '.1f')})"
-            for k, sel in c["selected"].items()) for m, by_task in r["cells"].items() for t, c in by_task.items()
-            if c.get("selected")]  # results written before it was recorded have none
+        picked = _selected(r["cells"])
         if picked:  # below the table, not inside it
-            lines += ["", "Selected step (dev score there) per run: " + "; ".join(picked) + "."]
+            lines += ["", "Selected step (dev score there) per run: " + picked + "."]
         if r.get("spot_picks"):
             lines += ["", "SPoT's source, chosen on each target's dev set: " + "; ".join(
                 f"{t}: " + ", ".join(f"{src} (run {k})" for k, src in by_run.items())
