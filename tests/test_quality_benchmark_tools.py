@@ -186,7 +186,8 @@ def test_run_refuses_results_of_another_output_folder(tmp_path, monkeypatch):
 
 # -- v2/report.py on a tiny pipeline run ---------------------------------------------------------
 
-def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, tiny_llama_dir, monkeypatch):
+def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, tiny_llama_dir, monkeypatch,
+                                                                    capsys):
     import json
 
     import yaml
@@ -312,6 +313,25 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
         assert c["average"]["ci95_low"] <= c["average"]["diff"] <= c["average"]["ci95_high"]
     assert f"| PT | here − `{tmp_path / 'pt_run'} target_train.lr=0.1` | {c['average']['diff']:+.1f} |" in (
         tmp_path / "vs" / "results.md").read_text()
+    # records.json: each run's text-free per-example numbers; pair.py re-makes every interval from them alone,
+    # the claims (rte a mean, stsb's correlations recomputed per resample) and the --against pairs alike
+    pair = _load("v2/pair")
+    for folder, label_a, label_b, got in (("out", "mpt", "pt", full["claims"][0]), ("out", "mpt", "spot", full["claims"][1]),
+                                          ("vs", "pt", "against/pt", vs["settings"]["full"]["against"][0]),
+                                          ("out", "mpt", "pt", res["settings"]["k=2"]["claims"][0])):
+        setting = "k=2" if got is res["settings"]["k=2"]["claims"][0] else "full"
+        out_json = tmp_path / "pair.json"
+        assert pair.main([f"{tmp_path / folder}:{label_a}", f"{tmp_path / folder / 'records.json'}:{label_b}",
+                          "--setting", setting, "--controls", "stsb", "--resamples", "50", "--json", str(out_json)]) == 0
+        (made,) = json.loads(out_json.read_text())
+        assert (made["average"], made["tasks"], made["average_over"]) == (got["average"], got["tasks"], got["average_over"])
+    records = (tmp_path / "out" / "records.json").read_text()
+    assert json.loads(records)["uids"]["rte"] == [r["uid"] for r in rows]
+    assert all(r["source"] not in records for r in rows)  # no example text
+    assert pair.main([f"{tmp_path / 'out'}:mpt_multi", f"{tmp_path / 'out'}:pt"]) == 2
+    assert "records.json: no runs of 'mpt_multi' (it has mpt, pt, spot)" in capsys.readouterr().err
+    assert pair.main([f"{tmp_path / 'nowhere'}:mpt", f"{tmp_path / 'out'}:pt"]) == 2
+    assert "no records file" in capsys.readouterr().err
     # the stages it read there count among the environments: PT's 2 seeds x 2 targets x 2 settings more
     from mptune.utils import environment
     assert vs["environments"] == [{"environment": environment(), "stages": 3 + 2 * 12 + 8}]
@@ -501,6 +521,41 @@ def test_v2_verdict_table_is_what_the_committed_results_give():
     verdict = _load("v2/verdict")
     assert verdict.render(yaml.safe_load(verdict.SPEC.read_text())) == verdict.OUT.read_text()
     assert verdict.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("records", sorted((HERE / "v2").glob("**/records.json")), ids=lambda p: p.parent.name)
+def test_v2_committed_records_re_make_every_committed_interval(records, tmp_path):
+    """Each committed records.json holds what its results.json's intervals came from: pair.py re-makes
+    every claim and --against pair of that report from the commit alone, to the last digit."""
+    import json
+
+    pair = _load("v2/pair")
+    res = json.loads((records.parent / "results.json").read_text())
+    checked = 0
+    for setting, r in res["settings"].items():
+        wanted = [(c["a"], c["b"], c) for c in r["claims"]] + [(c["method"], f"against/{c['method']}", c)
+                                                               for c in r.get("against", [])]
+        for a, b, c in wanted:
+            out = tmp_path / f"{setting}_{a}_{b.replace('/', '_')}.json"
+            assert pair.main([f"{records}:{a}", f"{records}:{b}", "--setting", setting, "--controls",
+                              ",".join(res["controls"]), "--resamples", str(c["resamples"]), "--json", str(out)]) == 0
+            (made,) = json.loads(out.read_text())
+            assert (made["average"], made["tasks"], made["verdict"]) == (c["average"], c["tasks"], c["verdict"])
+            checked += 1
+    assert checked == sum(len(r["claims"]) + len(r.get("against", [])) for r in res["settings"].values())
+    # and each run's record scores all its examples as the run's test score in the results' cell
+    from mptune.tasks.metrics import record_score
+
+    data = json.loads(records.read_text())
+    for setting, by_label in data["runs"].items():
+        for m, by_task in by_label.items():
+            for t, by_key in by_task.items():
+                for k, rec in by_key.items():
+                    n = len(rec.get("uids", data["uids"][t]))
+                    assert n == res["n_test"][t]
+                    if not m.startswith("against/"):
+                        cell = res["settings"][setting]["cells"][m][t]["runs"][k]
+                        assert record_score(rec, list(range(n))) == pytest.approx(cell), (setting, m, t, k)
 
 
 def test_v2_verdict_reads_each_cell_from_its_claim_and_names_a_bad_entry(tmp_path, monkeypatch):

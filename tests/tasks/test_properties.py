@@ -62,3 +62,44 @@ def test_example_scores_average_to_the_score_of_any_resample(rows, pick):
         assert sum(per[i] for i in pick) / len(pick) == pytest.approx(got)
     for name in ("cola", "mrpc", "stsb"):  # Matthews, F1 over the set, correlations: no shortcut
         assert M.example_scores(get_task(name), cls, [p for *_, p in rows]) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["the cat", "a dog", "cat", ""]), st.sampled_from(["the cat", "dog"]),
+                          st.integers(0, 1), st.integers(-1, 1), st.floats(0, 5), st.sampled_from("pq")),
+                min_size=2, max_size=12),
+       st.lists(st.integers(0, 11), min_size=2, max_size=12))
+def test_text_free_records_rescore_any_resample_as_the_task_does(rows, pick):
+    """What records.json keeps per run (pair.py re-makes intervals from it): a JSON round trip of the
+    record scores every resample as task.score does, for means, label metrics, correlations and MultiRC's
+    groups alike, and holds none of the examples' texts."""
+    import json
+
+    from mptune.tasks import get_task
+
+    pick = [i % len(rows) for i in pick]
+    qa = [Example(source="q", target=gold, answers=[gold], uid=str(i)) for i, (_, gold, *_) in enumerate(rows)]
+    cls = [Example(source="s", target="", label=y, uid=str(i), group=g) for i, (_, _, y, _, _, g) in enumerate(rows)]
+    reg = [Example(source="s", target="", label=v, uid=str(i)) for i, (*_, v, _) in enumerate(rows)]
+    for name, examples, preds in (("squad", qa, [p for p, *_ in rows]), ("sst2", cls, [p for _, _, _, p, _, _ in rows]),
+                                  ("cola", cls, [p for _, _, _, p, _, _ in rows]),
+                                  ("mrpc", cls, [p for _, _, _, p, _, _ in rows]),
+                                  ("multirc", cls, [p for _, _, _, p, _, _ in rows]),
+                                  ("stsb", reg, [str(p + 0.5) for _, _, _, p, _, _ in rows])):
+        task = get_task(name)
+        text = json.dumps(M.example_record(task, examples, preds))
+        assert "cat" not in text and "dog" not in text
+        record = json.loads(text)
+        assert ("scores" in record) == (name in ("squad", "sst2"))
+        want = task.score([examples[i] for i in pick], [preds[i] for i in pick])["score"]
+        assert M.record_score(record, pick) == pytest.approx(want, nan_ok=True)
+
+
+def test_a_metric_on_texts_that_is_no_mean_has_no_text_free_record():
+    from dataclasses import replace
+
+    from mptune.tasks import get_task
+
+    task = replace(get_task("cola"), metrics=("matthews", "squad_f1"))  # label and text inputs, not means
+    with pytest.raises(ValueError, match="cola: no text-free record"):
+        M.example_record(task, [Example(source="s", target="no", label=0, uid="0")], [0])

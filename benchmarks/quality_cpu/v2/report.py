@@ -1,6 +1,7 @@
 """Quality benchmark v2 (issue #18): the report of a run of v2/pipeline.yaml.
 
     python benchmarks/quality_cpu/v2/report.py            # runs/quality_v2 -> v2/results.{json,md}, dev_curves.png
+                                                          #   and records.json (each run's per-example numbers)
 
 Reads the stage folders (`mptune.plan.task_runs`), so it works on a partial run: a cell or claim
 shows what has finished. Every comparison is a paired difference of test scores with a bootstrap 95 %
@@ -151,6 +152,32 @@ def spot_picks(runs: dict, targets: list[str]) -> dict:
             if f.is_file():
                 out.setdefault(t, {})[k] = "+".join(json.loads(f.read_text())["pick_tasks"])
     return out
+
+
+RECORDS = "records.json"  # next to results.json: each run's test predictions as text-free numbers (pair.py)
+
+
+def example_records(runs: dict, there: dict, targets: list[str]) -> dict:
+    """records.json: every run of the report as `common.example_record` (no example text), so pair.py
+    re-makes a paired interval from the commit without the run folders: {"uids": {task: [...]}, "runs":
+    {setting: {label: {task: {seed[/draw]: record}}}}}, label the method, or "against/<method>" for the
+    runs --against read; a run tested on other examples than its task's first keeps its own uids."""
+    from mptune.plan import replicates
+    from mptune.recipes import common
+
+    uids, out = {}, {}
+    for setting in dict.fromkeys([*runs, *there]):
+        labelled = [*runs.get(setting, {}).items(), *((f"against/{m}", r) for m, r in there.get(setting, {}).items())]
+        for label, by_task in labelled:
+            for t in targets:
+                for k, r in replicates(by_task.get(t, {})).items():
+                    rec = common.example_record(r.folder, t)
+                    if uids.setdefault(t, rec["uids"]) == rec["uids"]:
+                        rec.pop("uids")
+                    out.setdefault(setting, {}).setdefault(label, {}).setdefault(t, {})[k] = rec
+    return {"about": "each run's test examples (uids) and the numbers that rescore any subset of them; "
+                     "benchmarks/quality_cpu/v2/pair.py pairs two methods from files like this one",
+            "uids": uids, "runs": out}
 
 
 def environment_line(envs: list[dict]) -> str:
@@ -368,6 +395,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "results.md").write_text(markdown(res) + "\n")
+    (out / RECORDS).write_text(json.dumps({"command": res["command"], **example_records(runs, there, targets)},
+                                          separators=(",", ":")) + "\n")
     plot(res, out / "dev_curves.png")
     print(markdown(res))
     return 0

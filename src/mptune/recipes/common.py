@@ -304,3 +304,12 @@ def predictions(folder: Path, task_name: str, split: str = "test") -> tuple[Task
                           f"{folder / 'config.yaml'} selects (data files changed since the run?)")
     # a classification row keeps the chosen option's index; other rows the predicted text / number
     return task, examples, [r.get("prediction_index", r["prediction"]) for r in rows]
+
+
+def example_record(folder: Path, task_name: str, split: str = "test") -> dict:
+    """One split of a finished stage as text-free numbers: the examples' uids and what rescores any subset
+    of them (`tasks.metrics.example_record`), for paired intervals without the run folder."""
+    from ..tasks import metrics as M
+
+    task, examples, preds = predictions(folder, task_name, split)
+    return {"uids": [e.uid for e in examples], **M.example_record(task, examples, preds)}

@@ -285,11 +285,6 @@ def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMP
     files; per target, and averaged over `average_over` (default: every target). `methods`: method ->
     task -> seed -> draw -> TaskRun (plan.task_runs of one setting); None when the two have no
     (seed, draw) in common on every target."""
-    import numpy as np
-
-    from ..stats import paired_bootstrap
-    from ..tasks import metrics as M
-
     a, b = pair
     if a not in methods or b not in methods:
         return None
@@ -297,32 +292,39 @@ def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMP
              if all(d in methods[m].get(t, {}).get(s, {}) for m in pair for t in targets)]
     if not pairs:
         return None
-    data = {}  # task -> (task object, examples, predictions of a per seed, of b per seed)
-    for t in targets:
-        got = {m: [common.predictions(methods[m][t][s][d].folder, t) for s, d in pairs] for m in pair}
-        task, examples, _ = got[a][0]
-        if any([e.uid for e in ex] != [e.uid for e in examples] for m in pair for _, ex, _ in got[m]):
-            raise ConfigError(f"{t}: {a} and {b} were tested on different examples; no paired comparison")
-        data[t] = (task, examples, [p for *_, p in got[a]], [p for *_, p in got[b]])
+    records = {m: {t: [common.example_record(methods[m][t][s][d].folder, t) for s, d in pairs] for t in targets}
+               for m in pair}
+    draws = {"draws": len(pairs)} if any(d for _, d in pairs) else {}  # few-shot: seed x draw runs
+    return {"a": a, "b": b, "seeds": list(dict.fromkeys(s for s, _ in pairs)), **draws,
+            **compare_records(records[a], records[b], targets, resamples, average_over, names=pair)}
 
-    means = {}  # tasks whose score is a mean over examples: [a|b, run, example] scores; a resample = a mean
-    for t, (task, ex, pa, pb) in data.items():
-        got = [[M.example_scores(task, ex, p) for p in ps] for ps in (pa, pb)]
-        if got[0][0] is not None:
-            means[t] = np.asarray(got, dtype=float)
+
+def compare_records(a: dict, b: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMPLES,
+                    average_over: Optional[list[str]] = None, names: tuple[str, str] = ("a", "b")) -> dict:
+    """The paired bootstrap of compare() from text-free records (`common.example_record`), so committed
+    records re-make an interval without the run folders: `a`, `b`: task -> [record per run], the runs
+    in pair order (a's i-th run paired with b's i-th: the same seed and draw)."""
+    import numpy as np
+
+    from ..stats import paired_bootstrap
+    from ..tasks import metrics as M
+
+    for t in targets:
+        uids = a[t][0]["uids"]
+        if len(a[t]) != len(b[t]) or any(r["uids"] != uids for side in (a, b) for r in side[t]):
+            raise ConfigError(f"{t}: {names[0]} and {names[1]} were tested on different examples (or a different "
+                              f"number of runs: {len(a[t])} against {len(b[t])}); no paired comparison")
+    means = {t: np.asarray([[r["scores"] for r in side[t]] for side in (a, b)], dtype=float)
+             for t in targets if all("scores" in r for side in (a, b) for r in side[t])}  # [a|b, run, example]
 
     def diff(t: str, s: int, idx) -> float:
-        if t in means:
+        if t in means:  # a mean over examples: a resample's score is the mean of its examples' scores
             return float(means[t][0, s, idx].mean() - means[t][1, s, idx].mean())
-        task, ex, pa, pb = data[t]
-        pick = [ex[i] for i in idx]
-        return task.score(pick, [pa[s][i] for i in idx])["score"] - task.score(pick, [pb[s][i] for i in idx])["score"]
+        return M.record_score(a[t][s], idx) - M.record_score(b[t][s], idx)
 
-    avg, per_task = paired_bootstrap({t: len(data[t][1]) for t in targets}, len(pairs), diff, resamples,
-                                     average_over=average_over)
-    draws = {"draws": len(pairs)} if any(d for _, d in pairs) else {}  # few-shot: seed x draw runs
-    return {"a": a, "b": b, "seeds": list(dict.fromkeys(s for s, _ in pairs)), **draws, "resamples": resamples,
-            "level": 0.95, "n_test": {t: len(data[t][1]) for t in targets}, "average": avg.as_dict(),
+    n_test = {t: len(a[t][0]["uids"]) for t in targets}
+    avg, per_task = paired_bootstrap(n_test, len(a[targets[0]]), diff, resamples, average_over=average_over)
+    return {"resamples": resamples, "level": 0.95, "n_test": n_test, "average": avg.as_dict(),
             "tasks": {t: iv.as_dict() for t, iv in per_task.items()}}
 
 

@@ -210,6 +210,16 @@ def string_to_float(s: str, default: float | None = -1.0) -> float | None:
 def score(task: "Task", examples: list["Example"], predictions: list,
           match: Match = Match.lenient) -> dict[str, float]:
     """Every metric of ``task`` (0..100), ``score`` (the mean of its ``score_metrics``) and ``invalid_rate``."""
+    inputs, invalid = _inputs(task, examples, predictions, match)
+    out = {m: float(METRICS[m][0](*inputs[METRICS[m][1]])) for m in task.metrics}
+    used = task.score_metrics or task.metrics
+    out["score"] = sum(out[m] if m in out else METRICS[m][0](*inputs[METRICS[m][1]]) for m in used) / len(used)
+    out["invalid_rate"] = 100.0 * sum(invalid) / len(invalid)
+    return out
+
+
+def _inputs(task: "Task", examples: list["Example"], predictions: list, match: Match) -> tuple[dict, list[bool]]:
+    """(input kind -> the metric functions' arguments, which predictions are invalid)."""
     if len(examples) != len(predictions):
         raise ValueError(f"{task.name}: {len(predictions)} predictions for {len(examples)} examples")
     kind = task.kind.value
@@ -231,11 +241,38 @@ def score(task: "Task", examples: list["Example"], predictions: list,
     else:
         answers = [ex.answers or ([ex.target] if ex.target else []) for ex in examples]
         inputs = {"text": (["" if p is None else str(p) for p in predictions], answers)}
-    out = {m: float(METRICS[m][0](*inputs[METRICS[m][1]])) for m in task.metrics}
-    used = task.score_metrics or task.metrics
-    out["score"] = sum(out[m] if m in out else METRICS[m][0](*inputs[METRICS[m][1]]) for m in used) / len(used)
-    out["invalid_rate"] = 100.0 * sum(invalid) / len(invalid)
-    return out
+    return inputs, invalid
+
+
+# --- text-free records: rescore any subset of a run's examples without their texts ------
+
+def example_record(task: "Task", examples: list["Example"], predictions: list,
+                   match: Match = Match.lenient) -> dict:
+    """A run's predictions as numbers that rescore any subset of its examples (a bootstrap resample),
+    with no example text in them: ``{"metrics", "scores"}`` (each example's own ``score``) where every
+    metric is a mean over examples, else ``{"metrics", "input", "columns"}``: the metric functions'
+    arguments (predicted and gold class indices or values; MultiRC's question keys). :func:`record_score`
+    reads either."""
+    used = list(task.score_metrics or task.metrics)
+    scores = example_scores(task, examples, predictions, match)
+    if scores is not None:
+        return {"metrics": used, "scores": scores}
+    kinds = {METRICS[m][1] for m in used}
+    if len(kinds) != 1 or "text" in kinds:
+        raise ValueError(f"{task.name}: no text-free record for metrics {used} (text inputs that are not a mean "
+                         f"over examples, or inputs of several kinds)")
+    (kind,) = kinds
+    columns = _inputs(task, examples, predictions, match)[0][kind]
+    return {"metrics": used, "input": kind, "columns": [list(c) for c in columns]}
+
+
+def record_score(record: dict, idx) -> float:
+    """The ``score`` that :func:`score` gives on examples ``idx`` (indices, repeats allowed) of the run
+    an :func:`example_record` describes."""
+    if "scores" in record:
+        return float(np.asarray(record["scores"], dtype=float)[np.asarray(idx)].mean())
+    cols = [[c[i] for i in idx] for c in record["columns"]]
+    return sum(float(METRICS[m][0](*cols)) for m in record["metrics"]) / len(record["metrics"])
 
 
 def choice_index(options: list[str], p: Any, match: Match = Match.lenient) -> int:
