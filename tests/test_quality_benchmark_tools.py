@@ -265,6 +265,14 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     assert "| MPT > PT | mpt − pt |" in md and "(n_test 8)" in md and "| *trivial baseline* | " in md
     from mptune.plan import setting_title  # each setting's heading, as run.py's results.md heads it too
     assert "\n## full training data\n" in md and setting_title("k=16") == "few-shot, k=16 per class"
+    # k per class where the target has classes (rte), k in all where not (stsb: few_shot's rule); both here
+    from mptune.config import load_yaml, parse
+    from mptune.plan import Layout, task_runs
+    from mptune.recipes.pipeline import PipelineConfig
+    runs_k2 = task_runs(Layout(parse(PipelineConfig, load_yaml(f), [], source=str(f))).stages())["k=2"]
+    assert res["settings"]["k=2"]["per_class"] is None and "\n## few-shot, k=2 per class (in all for a target " in md
+    assert report.per_class({"pt": runs_k2["pt"]}, ["stsb"]) is False and setting_title("k=2", False) == "few-shot, k=2 in all"
+    assert report.per_class({"pt": runs_k2["pt"]}, ["rte"]) is True
     assert (tmp_path / "out" / "dev_curves.png").stat().st_size > 0
     # one method alone: no claim to pair, said so rather than an empty table
     assert report.main(["--config", str(f), "--results", str(tmp_path / "alone"), "--resamples", "20",

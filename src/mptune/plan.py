@@ -279,9 +279,13 @@ def settings(cfg: PipelineConfig) -> list[str]:
     return (["full"] if cfg.full_data else []) + [f"k={k}" for k in cfg.few_shot_k]
 
 
-def setting_title(setting: str) -> str:
-    """A setting as results tables head it: "full training data" | "few-shot, k=16 per class"."""
-    return "full training data" if setting == "full" else f"few-shot, {setting} per class"
+def setting_title(setting: str, per_class: bool | None = True) -> str:
+    """A setting as results tables head it: "full training data" | "few-shot, k=16 per class" (`per_class`
+    False: "in all", as `tasks.few_shot` draws for tasks without classes; None: the targets are of both)."""
+    if setting == "full":
+        return "full training data"
+    return f"few-shot, {setting} " + {True: "per class", False: "in all"}.get(
+        per_class, "per class (in all for a target without classes)")
 
 
 def plan(cfg: PipelineConfig) -> list[Stage]:

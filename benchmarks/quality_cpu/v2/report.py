@@ -140,6 +140,16 @@ def target_baselines(by_method: dict, targets: list[str]) -> dict:
     return out
 
 
+def per_class(by_method: dict, targets: list[str]) -> bool | None:
+    """Whether a few-shot setting's runs drew k per class (each run records its classes' counts) or k in
+    all (tasks without classes, e.g. QA): True, False, or None where its targets are of both."""
+    from mptune.plan import replicates
+
+    drew = {"train_per_class" in r.entry for by_task in by_method.values() for t in targets
+            for r in replicates(by_task.get(t, {})).values()}
+    return None if len(drew) > 1 else drew != {False}
+
+
 def spot_picks(runs: dict, targets: list[str]) -> dict:
     """target -> {seed[/draw]: the source task(s) SPoT (best source) started from, chosen on that target's
     dev set (its run folder's spot_choice.json)}."""
@@ -286,7 +296,7 @@ def markdown(res: dict) -> str:
                   f"{t['test']:.1f} | {'yes' if t['beats_trivial'] else '**no**'} |" for t in res["teachers"]]
         lines.append("")
     for s, r in res["settings"].items():
-        lines += [f"## {setting_title(s)}", ""]
+        lines += [f"## {setting_title(s, r.get('per_class', True))}", ""]
         if not r["claims"]:
             lines.append("Claims: none (no claim has both of its methods run here).")
         else:
@@ -384,7 +394,8 @@ def main(argv=None) -> int:
                     res["n_test"][t] = cell["n_test"]
         res["settings"][s] = {"cells": c, "claims": claims(by_method, targets, main_targets, args.resamples),
                               "curves": curves(by_method, targets), "spot_picks": spot_picks(by_method, targets),
-                              "trivial": target_baselines(by_method, targets)}
+                              "trivial": target_baselines(by_method, targets),
+                              "per_class": per_class(by_method, targets)}
         if s in there:
             res["settings"][s]["against"] = against(by_method, there[s], res["method_against"], targets,
                                                     main_targets, args.resamples)
