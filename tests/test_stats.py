@@ -66,3 +66,31 @@ def test_bad_input():
         paired_bootstrap({"t": 0}, 1, lambda *a: 0.0)
     with pytest.raises(ValueError):
         paired_bootstrap({"t": 3}, 0, lambda *a: 0.0)
+
+
+def test_compare_records_is_the_bootstrap_of_the_records_and_refuses_unpaired_runs():
+    """quickstart.compare_records (compare()'s core and pair.py's): a mean record's resample is its
+    examples' mean, a label record's metric is recomputed per resample; runs must be on the same examples."""
+    from mptune.config import ConfigError
+    from mptune.recipes.quickstart import compare_records
+    from mptune.tasks import metrics as M
+
+    uids = [str(i) for i in range(6)]
+    a = {"t": [{"uids": uids, "metrics": ["accuracy"], "scores": [100.0, 100.0, 0.0, 100.0, 0.0, 100.0]}],
+         "m": [{"uids": uids, "metrics": ["matthews"], "input": "label", "columns": [[1, 0, 1, 1, 0, 0], [1, 0, 1, 0, 0, 1]]}]}
+    b = {"t": [{"uids": uids, "metrics": ["accuracy"], "scores": [0.0] * 6}],
+         "m": [{"uids": uids, "metrics": ["matthews"], "input": "label", "columns": [[0, 0, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1]]}]}
+    got = compare_records(a, b, ["t", "m"], resamples=200, average_over=["t"])
+
+    def diff(t, s, idx):
+        return M.record_score(a[t][s], idx) - M.record_score(b[t][s], idx)
+
+    avg, per_task = paired_bootstrap({"t": 6, "m": 6}, 1, diff, 200, average_over=["t"])
+    assert got["average"] == avg.as_dict() and got["tasks"]["m"] == per_task["m"].as_dict()
+    assert got["tasks"]["t"]["diff"] == pytest.approx(400 / 6) and got["n_test"] == {"t": 6, "m": 6}
+    assert got["tasks"]["m"]["diff"] == pytest.approx(M.matthews(*a["m"][0]["columns"]) - M.matthews(*b["m"][0]["columns"]))
+    other = {"t": [{**b["t"][0], "uids": uids[::-1]}], "m": b["m"]}
+    with pytest.raises(ConfigError, match="t: mpt and pt were tested on different examples"):
+        compare_records(a, other, ["t", "m"], names=("mpt", "pt"))
+    with pytest.raises(ConfigError, match="a different number of runs: 1 against 2"):
+        compare_records(a, {**b, "t": b["t"] * 2}, ["t"])
