@@ -324,10 +324,10 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     # records.json: each run's text-free per-example numbers; pair.py re-makes every interval from them alone,
     # the claims (rte a mean, stsb's correlations recomputed per resample) and the --against pairs alike
     pair = _load("v2/pair")
-    for folder, label_a, label_b, got in (("out", "mpt", "pt", full["claims"][0]), ("out", "mpt", "spot", full["claims"][1]),
-                                          ("vs", "pt", "against/pt", vs["settings"]["full"]["against"][0]),
-                                          ("out", "mpt", "pt", res["settings"]["k=2"]["claims"][0])):
-        setting = "k=2" if got is res["settings"]["k=2"]["claims"][0] else "full"
+    for folder, setting, label_a, label_b, got in (
+            ("out", "full", "mpt", "pt", full["claims"][0]), ("out", "full", "mpt", "spot", full["claims"][1]),
+            ("vs", "full", "pt", "against/pt", vs["settings"]["full"]["against"][0]),
+            ("out", "k=2", "mpt", "pt", res["settings"]["k=2"]["claims"][0])):
         out_json = tmp_path / "pair.json"
         assert pair.main([f"{tmp_path / folder}:{label_a}", f"{tmp_path / folder / 'records.json'}:{label_b}",
                           "--setting", setting, "--controls", "stsb", "--resamples", "50", "--json", str(out_json)]) == 0
