@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import statistics
 import sys
@@ -61,6 +62,15 @@ def verdict(iv: dict) -> str:
     return "holds" if iv["ci95_low"] > 0 else "reversed" if iv["ci95_high"] < 0 else "not separated"
 
 
+@functools.cache
+def _record(folder: Path, task: str) -> dict:
+    """A run's text-free record (`common.example_record`), read once per report: a run is in several
+    claims and in records.json. Shared: callers do not change it."""
+    from mptune.recipes import common
+
+    return common.example_record(folder, task)
+
+
 def _pair(runs: dict, a: str, b: str, targets: list[str], main: list[str], resamples: int) -> dict | None:
     """runs[a] − runs[b] on the targets both ran, averaged over the main ones among them (or, when only
     controls ran, over those): verdict, interval, runs and per task; None when they share no target."""
@@ -69,7 +79,7 @@ def _pair(runs: dict, a: str, b: str, targets: list[str], main: list[str], resam
     have = [t for t in targets if all(runs.get(m, {}).get(t) for m in (a, b))]  # a partial run: what both ran
     main_have = [t for t in main if t in have]
     over = main_have or have  # only controls ran (e.g. CoLA alone): their average, marked as such
-    c = compare(runs, have, resamples, pair=(a, b), average_over=over) if have else None
+    c = compare(runs, have, resamples, pair=(a, b), average_over=over, record=_record) if have else None
     if c is None:
         return None
     iv = c["average"]
@@ -173,7 +183,6 @@ def example_records(runs: dict, there: dict, targets: list[str]) -> dict:
     {setting: {label: {task: {seed[/draw]: record}}}}}, label the method, or "against/<method>" for the
     runs --against read; a run tested on other examples than its task's first keeps its own uids."""
     from mptune.plan import replicates
-    from mptune.recipes import common
 
     uids, out = {}, {}
     for setting in dict.fromkeys([*runs, *there]):
@@ -181,9 +190,9 @@ def example_records(runs: dict, there: dict, targets: list[str]) -> dict:
         for label, by_task in labelled:
             for t in targets:
                 for k, r in replicates(by_task.get(t, {})).items():
-                    rec = common.example_record(r.folder, t)
+                    rec = _record(r.folder, t)
                     if uids.setdefault(t, rec["uids"]) == rec["uids"]:
-                        rec.pop("uids")
+                        rec = {key: v for key, v in rec.items() if key != "uids"}  # the task's, kept once
                     out.setdefault(setting, {}).setdefault(label, {}).setdefault(t, {})[k] = rec
     return {"about": "each run's test examples (uids) and the numbers that rescore any subset of them; "
                      "benchmarks/quality_cpu/v2/pair.py pairs two methods from files like this one",
@@ -348,6 +357,7 @@ def main(argv=None) -> int:
                     help="pair METHOD's runs here with its own runs in another run folder OUT, launched with these "
                          "extra overrides (e.g. fewer target steps): --against pt runs/x target_train.max_steps=100")
     args = ap.parse_args(argv)
+    _record.cache_clear()  # read this report's runs afresh (a process may make several reports)
 
     from run import load_config, stages
 

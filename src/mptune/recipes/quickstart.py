@@ -279,12 +279,14 @@ def collect(cfg: pipeline.PipelineConfig, summary: dict, timing: dict, profile: 
 
 
 def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMPLES,
-            pair: tuple[str, str] = HEADLINE, average_over: Optional[list[str]] = None) -> Optional[dict]:
+            pair: tuple[str, str] = HEADLINE, average_over: Optional[list[str]] = None,
+            record=common.example_record) -> Optional[dict]:
     """pair[0] − pair[1] (default HEADLINE) in one setting: the difference of test scores with a paired
     bootstrap 95 % interval over the test examples (and the seeds both ran), from the stages' prediction
     files; per target, and averaged over `average_over` (default: every target). `methods`: method ->
     task -> seed -> draw -> TaskRun (plan.task_runs of one setting); None when the two have no
-    (seed, draw) in common on every target."""
+    (seed, draw) in common on every target. `record(folder, task)`: a run's record (a caller pairing the
+    same runs many times passes a cached one)."""
     a, b = pair
     if a not in methods or b not in methods:
         return None
@@ -292,7 +294,7 @@ def compare(methods: dict, targets: list[str], resamples: int = BOOTSTRAP_RESAMP
              if all(d in methods[m].get(t, {}).get(s, {}) for m in pair for t in targets)]
     if not pairs:
         return None
-    records = {m: {t: [common.example_record(methods[m][t][s][d].folder, t) for s, d in pairs] for t in targets}
+    records = {m: {t: [record(methods[m][t][s][d].folder, t) for s, d in pairs] for t in targets}
                for m in pair}
     draws = {"draws": len(pairs)} if any(d for _, d in pairs) else {}  # few-shot: seed x draw runs
     return {"a": a, "b": b, "seeds": list(dict.fromkeys(s for s, _ in pairs)), **draws,
