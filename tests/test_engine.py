@@ -25,7 +25,7 @@ def _digest(model) -> str:
     return h.hexdigest()
 
 
-def _fit(model_dir, tmp_path, gradient_checkpointing=False, **train):
+def _fit(model_dir, tmp_path, gradient_checkpointing=False, evaluate=None, **train):
     from accelerate import Accelerator
 
     torch.manual_seed(0)
@@ -39,11 +39,11 @@ def _fit(model_dir, tmp_path, gradient_checkpointing=False, **train):
     trainer = Trainer(accelerator=Accelerator(cpu=True), module=prompt, param_groups=[{"params": list(prompt.parameters())}],
                       cfg=cfg, plan=ShuffledBatches(len(feats), cfg.batch_size, cfg.seed),
                       make_batch=lambda idx: collate([feats[i] for i in idx], bb.kind, bb.pad_id),
-                      loss_fn=lambda b: (nll(bb(trainer.module(), b)), {}), evaluate=None, out_dir=tmp_path,
-                      backbone=bb)
+                      loss_fn=lambda b: (nll(bb(trainer.module(), b)), {}),
+                      evaluate=evaluate and (lambda: evaluate(prompt)), out_dir=tmp_path, backbone=bb)
     res = trainer.fit()
     assert _digest(bb.model) == before, "the frozen backbone changed"
-    return res.best_tensors["weight"], prompt
+    return (res if evaluate else res.best_tensors["weight"]), prompt
 
 
 def test_backbone_unchanged_and_prompt_trained(tiny_model_dir, tmp_path):
@@ -63,6 +63,25 @@ def test_gradient_checkpointing_matches(kind, tiny_t5_dir, tiny_llama_dir, tmp_p
     a, _ = _fit(d, tmp_path / "a")
     b, _ = _fit(d, tmp_path / "b", gradient_checkpointing=True)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_eval_at_start_makes_the_start_a_candidate(tiny_llama_dir, tmp_path):
+    """train.eval_at_start: the starting prompt is evaluated before step 1 and kept when it scores best;
+    the extra evaluation leaves the training trajectory as it was."""
+    start = {}
+
+    def closeness(prompt):  # a dev score that prefers the start: any training step lowers it
+        w = prompt.weight.detach()
+        start.setdefault("w", w.clone())
+        return -float((w - start["w"]).norm())
+
+    res, p_on = _fit(tiny_llama_dir, tmp_path / "on", evaluate=closeness, eval_every=2, eval_at_start=True)
+    assert [h["step"] for h in res.history] == [0, 2, 4] and res.best_step == 0
+    torch.testing.assert_close(res.best_tensors["weight"], start["w"], atol=0, rtol=0)
+    start.clear()
+    res_off, p_off = _fit(tiny_llama_dir, tmp_path / "off", evaluate=closeness, eval_every=2)
+    assert [h["step"] for h in res_off.history] == [2, 4] and res_off.best_step == 2
+    torch.testing.assert_close(p_on.weight, p_off.weight, atol=0, rtol=0)  # the same last prompt
 
 
 def test_linear_schedule_warms_up_then_decays():

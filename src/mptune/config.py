@@ -235,6 +235,9 @@ class TrainConfig:
     """Gradient clipping norm (None = off)."""
     eval_every: int = 100
     """Evaluate on dev every N steps (0 = only at the end); the best prompt by dev score is kept."""
+    eval_at_start: bool = False
+    """Also evaluate the starting prompt on dev before the first step, so selection may keep it (best_step
+    0): a few-shot run that over-fits within its first eval_every steps then keeps its start."""
     eval_batch_size: int = 32
     """Examples per evaluation batch."""
     eval_limit: Optional[int] = None

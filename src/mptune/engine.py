@@ -281,6 +281,8 @@ class Trainer:
                    dynamic_ncols=True)
         post: dict = {}
         t0 = time.perf_counter()
+        if self.evaluate and cfg.eval_at_start and self.step == 0:
+            self._eval_and_keep(post)  # the start is a candidate too (best_step 0)
         while self.step < cfg.max_steps:
             local = shard(self.plan.next(), rank, world)
             micro = [local[i::cfg.grad_accum] for i in range(cfg.grad_accum)]
