@@ -43,25 +43,30 @@ def _fit(model_dir, tmp_path, gradient_checkpointing=False, evaluate=None, **tra
                       evaluate=evaluate and (lambda: evaluate(prompt)), out_dir=tmp_path, backbone=bb)
     res = trainer.fit()
     assert _digest(bb.model) == before, "the frozen backbone changed"
-    return (res if evaluate else res.best_tensors["weight"]), prompt
+    return res, prompt
+
+
+def _kept(model_dir, tmp_path, **kw) -> torch.Tensor:
+    """The prompt a run keeps (without dev: its last)."""
+    return _fit(model_dir, tmp_path, **kw)[0].best_tensors["weight"]
 
 
 def test_backbone_unchanged_and_prompt_trained(tiny_model_dir, tmp_path):
-    w, prompt = _fit(tiny_model_dir, tmp_path)
+    w = _kept(tiny_model_dir, tmp_path)
     assert not torch.allclose(w, torch.zeros_like(w)) and (tmp_path / "log.jsonl").is_file()
 
 
 def test_gradient_accumulation_matches_full_batch(tiny_llama_dir, tmp_path):
-    a, _ = _fit(tiny_llama_dir, tmp_path / "a")
-    b, _ = _fit(tiny_llama_dir, tmp_path / "b", grad_accum=2)
+    a = _kept(tiny_llama_dir, tmp_path / "a")
+    b = _kept(tiny_llama_dir, tmp_path / "b", grad_accum=2)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["t5", "llama"])
 def test_gradient_checkpointing_matches(kind, tiny_t5_dir, tiny_llama_dir, tmp_path):
     d = tiny_t5_dir if kind == "t5" else tiny_llama_dir
-    a, _ = _fit(d, tmp_path / "a")
-    b, _ = _fit(d, tmp_path / "b", gradient_checkpointing=True)
+    a = _kept(d, tmp_path / "a")
+    b = _kept(d, tmp_path / "b", gradient_checkpointing=True)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
