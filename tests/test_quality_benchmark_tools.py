@@ -595,3 +595,16 @@ def test_v2_verdict_reads_each_cell_from_its_claim_and_names_a_bad_entry(tmp_pat
         entry = dict(spec["cells"][0], **change)
         with pytest.raises(verdict.VerdictError, match=message):
             verdict.render({"columns": spec["columns"], "cells": [entry]})
+    # a pair.py --json file as a cell's results: its sides are RECORDS:LABEL, matched on the label
+    made = dict(claim, a="slice9/qa:mpt_multi", b="slice8/qa/records.json:mpt", setting="k=32", runs=2,
+                average={"diff": -4.0, "ci95_low": -6.0, "ci95_high": -2.0})
+    (tmp_path / "s1" / "multi.json").write_text(json.dumps([made]))
+    entry = {"claim": "mpt_multi-mpt", "column": "c2", "results": "s1/multi.json", "setting": "k=32", "section": 9}
+    row = next(line for line in verdict.render({"columns": spec["columns"], "cells": [entry]}).splitlines()
+               if line.startswith("| MPT* (multi-target) helps"))
+    assert row == "| MPT* (multi-target) helps | not run | **−4.0 [−6.0, −2.0] reversed** (2 draws, §9) |"
+    for change, message in [({"results": "s1/none.json"}, r"results 's1/none.json': no s1/none.json"),
+                            ({"claim": "mpt-pt"}, r"claim 'mpt-pt' is not in s1/multi.json at k=32"),
+                            ({"setting": "k=4"}, r"setting 'k=4' is not in s1/multi.json \(it has k=32\)")]:
+        with pytest.raises(verdict.VerdictError, match=message):
+            verdict.render({"columns": spec["columns"], "cells": [dict(entry, **change)]})

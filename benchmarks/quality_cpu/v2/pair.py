@@ -61,7 +61,7 @@ def pair(a: tuple, b: tuple, setting: str, controls: list[str], resamples: int) 
     over = main or targets
     c = compare_records(records(ta, ua), records(tb, ub), targets, resamples, over, names=(na, nb))
     return {"a": na, "b": nb, "setting": setting, "verdict": verdict(c["average"]), "average_over": over,
-            "controls_only": not main, "keys": keys, **c}
+            "controls_only": not main, "keys": keys, "runs": len(keys), **c}
 
 
 def markdown(c: dict) -> str:
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--setting", action="append", help="full, k=16, ... (default: every setting both have)")
     ap.add_argument("--controls", default="cola", help="targets left out of the average (comma-separated)")
     ap.add_argument("--resamples", type=int, default=1000)
-    ap.add_argument("--json", help="also write the comparisons to this file")
+    ap.add_argument("--json", help="also write the comparisons to this file (verdict.yaml may name it as a cell's results)")
     args = ap.parse_args(argv)
     try:
         a, b = load(args.a), load(args.b)

@@ -5,8 +5,10 @@ results.json (the claims `report.py` wrote there), so no figure of it is typed b
     python benchmarks/quality_cpu/v2/verdict.py --check  # exit 1 if verdict.md is not what verdict.yaml gives
 
 verdict.yaml says which comparison fills which cell: the claim (report.CLAIMS), the column (target and
-training data), the slice folder, its setting ("full", "k=16"), optionally one task of a multi-task claim,
-the README section that discusses it and a note on what differs from the cell's first entry.
+training data), the slice folder (its results.json) or a `pair.py --json` file (a claim re-made from two
+committed records.json, for runs of one generation that no single report read), its setting ("full",
+"k=16"), optionally one task of a multi-task claim, the README section that discusses it and a note on what
+differs from the cell's first entry.
 """
 
 from __future__ import annotations
@@ -37,14 +39,22 @@ def _num(x: float) -> str:
     return f"{x:+.1f}".replace("-", "−")
 
 
+def _label(side: str) -> str:
+    """A pair.py side ("…/slice34/qa_k32_mpt_multi:mpt_multi") -> the method it names ("mpt_multi")."""
+    return side.rpartition(":")[2]
+
+
 def cell(entry: dict, where: str, loaded: dict) -> dict:
     """One entry of verdict.yaml -> {diff, low, high, verdict, runs} from the claim in its results.json
     (each file read once per render: `loaded` maps its path to its settings)."""
-    path = HERE / entry["results"] / "results.json"
+    paired = entry["results"].endswith(".json")  # pair.py --json: [claim, ...], each side "RECORDS:LABEL"
+    path = HERE / entry["results"] if paired else HERE / entry["results"] / "results.json"
     if path not in loaded:
         if not path.is_file():
             raise VerdictError(f"{where}: results {entry['results']!r}: no {path.relative_to(HERE)}")
-        loaded[path] = json.loads(path.read_text())["settings"]
+        data = json.loads(path.read_text())
+        loaded[path] = ({c["setting"]: {"claims": [dict(c, a=_label(c["a"]), b=_label(c["b"]))]} for c in data}
+                        if paired else data["settings"])
     settings = loaded[path]
     if entry["setting"] not in settings:
         raise VerdictError(f"{where}: setting {entry['setting']!r} is not in {path.relative_to(HERE)} "
