@@ -116,6 +116,19 @@ def test_checkpointing_under_off_zeroes_every_dropout(dirs):
         assert floats and not any(rates + floats)  # T5Attention.dropout, LlamaAttention.attention_dropout
 
 
+def test_checkpointing_is_on_in_the_model_without_a_deprecation_warning(dirs):
+    """transformers 5 renamed gradient_checkpointing_enable (a FutureWarning, gone in v6): the backbone
+    uses the name the installed version has, and the model checkpoints."""
+    import warnings
+
+    for kind in ("t5", "llama"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            bb = _bb(dirs, kind, "keep", gc=True)
+        flag = getattr(bb.model, "is_activation_checkpointing", None)
+        assert (flag if flag is not None else bb.model.is_gradient_checkpointing) is True
+
+
 def test_config_rejects_unknown_dropout():
     assert ModelConfig(name="x").dropout == "off" and ModelConfig(name="x", dropout="keep").dropout == "keep"
     with pytest.raises(ConfigError, match="model.dropout: must be one of off, keep, got 'sometimes'"):

@@ -150,7 +150,11 @@ class Backbone(nn.Module):
             # forward's masks (torch's checkpoint restores the RNG state).
             if not self.keep_dropout:
                 _zero_dropout(self.model)
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers 5.x's name
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:  # 4.x (pyproject admits >= 4.56): the old name, deprecated in 5.x
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.train(False)
 
     def train(self, mode: bool = True) -> "Backbone":
