@@ -566,6 +566,26 @@ def test_v2_committed_records_re_make_every_committed_interval(records, tmp_path
                         assert record_score(rec, list(range(n))) == pytest.approx(cell), (setting, m, t, k)
 
 
+def test_v2_committed_pair_files_are_what_pair_py_gives():
+    """Each pair.py --json file that verdict.yaml names is re-made from the two committed records files
+    it names, to the last digit: a figure edited by hand there fails here."""
+    import json
+
+    import yaml
+
+    pair = _load("v2/pair")
+    spec = yaml.safe_load((HERE / "v2" / "verdict.yaml").read_text())
+    files = sorted({e["results"] for e in spec["cells"] if e["results"].endswith(".json")})
+    assert files  # slice 35's pairs at least
+    root = HERE.parents[1]  # the sides are named from the repository root
+    for name in files:
+        for c in json.loads((HERE / "v2" / name).read_text()):
+            a, b = (str(root / side) for side in (c["a"], c["b"]))
+            made = pair.pair(pair.load(a), pair.load(b), c["setting"], ["cola"], c["resamples"])
+            assert (made["average"], made["tasks"], made["verdict"], made["runs"]) == (
+                c["average"], c["tasks"], c["verdict"], c["runs"]), name
+
+
 def test_v2_verdict_reads_each_cell_from_its_claim_and_names_a_bad_entry(tmp_path, monkeypatch):
     import json
 
