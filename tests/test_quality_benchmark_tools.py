@@ -581,7 +581,7 @@ def test_v2_committed_pair_files_are_what_pair_py_gives():
     for name in files:
         for c in json.loads((HERE / "v2" / name).read_text()):
             a, b = (str(root / side) for side in (c["a"], c["b"]))
-            made = pair.pair(pair.load(a), pair.load(b), c["setting"], ["cola"], c["resamples"])
+            made = pair.pair(pair.load(a), pair.load(b), c["setting"], pair.CONTROLS.split(","), c["resamples"])
             assert (made["average"], made["tasks"], made["verdict"], made["runs"]) == (
                 c["average"], c["tasks"], c["verdict"], c["runs"]), name
 

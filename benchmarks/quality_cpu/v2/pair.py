@@ -23,11 +23,19 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parents[2] / "src")]
 
 
+CONTROLS = "cola"  # targets left out of the average unless only they are paired (--controls)
+
+
+def split(spec: str) -> tuple[str, str, str]:
+    """RECORDS:LABEL -> (RECORDS, ":", LABEL); the separator is empty when the spec has none."""
+    return spec.rpartition(":")
+
+
 def load(spec: str) -> tuple[str, dict, dict]:
     """RECORDS:LABEL -> (spec, the file's uids, setting -> task -> key -> record of LABEL)."""
     from mptune.config import ConfigError
 
-    path, sep, label = spec.rpartition(":")
+    path, sep, label = split(spec)
     if not sep or not path or not label:
         raise ConfigError(f"{spec!r}: expected RECORDS:LABEL (e.g. benchmarks/quality_cpu/v2/slice26/qa_k16:mpt)")
     f = Path(path) / "records.json" if Path(path).is_dir() else Path(path)
@@ -83,7 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("a", help="RECORDS:LABEL, the minuend (e.g. a folder with records.json and mpt)")
     ap.add_argument("b", help="RECORDS:LABEL, the subtrahend")
     ap.add_argument("--setting", action="append", help="full, k=16, ... (default: every setting both have)")
-    ap.add_argument("--controls", default="cola", help="targets left out of the average (comma-separated)")
+    ap.add_argument("--controls", default=CONTROLS, help="targets left out of the average (comma-separated)")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--json", help="also write the comparisons to this file (verdict.yaml may name it as a cell's results)")
     args = ap.parse_args(argv)

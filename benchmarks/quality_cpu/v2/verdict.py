@@ -23,6 +23,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from report import CLAIMS, verdict  # noqa: E402  the one list of claims (a, b, what a − b > 0 tests), the one rule
+from pair import split  # noqa: E402  a pair.py side, RECORDS:LABEL
 
 from mptune.errors import MptuneError  # noqa: E402  (report put src/ on the path)
 
@@ -39,11 +40,6 @@ def _num(x: float) -> str:
     return f"{x:+.1f}".replace("-", "−")
 
 
-def _label(side: str) -> str:
-    """A pair.py side ("…/slice34/qa_k32_mpt_multi:mpt_multi") -> the method it names ("mpt_multi")."""
-    return side.rpartition(":")[2]
-
-
 def cell(entry: dict, where: str, loaded: dict) -> dict:
     """One entry of verdict.yaml -> {diff, low, high, verdict, runs} from the claim in its results.json
     (each file read once per render: `loaded` maps its path to its settings)."""
@@ -53,7 +49,7 @@ def cell(entry: dict, where: str, loaded: dict) -> dict:
         if not path.is_file():
             raise VerdictError(f"{where}: results {entry['results']!r}: no {path.relative_to(HERE)}")
         data = json.loads(path.read_text())
-        loaded[path] = ({c["setting"]: {"claims": [dict(c, a=_label(c["a"]), b=_label(c["b"]))]} for c in data}
+        loaded[path] = ({c["setting"]: {"claims": [dict(c, a=split(c["a"])[2], b=split(c["b"])[2])]} for c in data}
                         if paired else data["settings"])
     settings = loaded[path]
     if entry["setting"] not in settings:
