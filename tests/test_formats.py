@@ -145,6 +145,8 @@ NATURAL = {  # task -> (row, source, target)
              "sentences mean the same thing? Answer yes or no.\nAnswer:", "no"),
     "boolq": ({"question": "is it wet", "passage": "Water is wet.", "label": 1},
               "Passage: Water is wet.\nQuestion: is it wet?\nAnswer yes or no.\nAnswer:", "yes"),
+    "stsb": ({"sentence1": P, "sentence2": H, "label": 3.3}, f"Sentence 1: {P}\nSentence 2: {H}\nHow similar are "
+             "the two sentences in meaning, from 0 (unrelated) to 5 (the same)?\nScore:", "3.2"),  # T5's 0.2 grid
     "squad": (SQUAD, "Context: The Broncos won 24-10.\nQuestion: Who won (in 2016)?\nAnswer:", "The Broncos"),
     "newsqa": (SQUAD, "Context: The Broncos won 24-10.\nQuestion: Who won (in 2016)?\nAnswer:", "The Broncos"),
 }

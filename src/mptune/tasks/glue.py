@@ -81,7 +81,9 @@ STSB = register_task(Task(
     source=glue("stsb", "STS-B", columns={"label": "score"}),
     template="stsb sentence1: {sentence1} sentence2: {sentence2}",
     metrics=("pearson", "spearman"),
-    formats={"attempt": attempt("stsb sentence1: {sentence1} sentence2: {sentence2}", value_text=stsb_value_text)},
+    formats={"attempt": attempt("stsb sentence1: {sentence1} sentence2: {sentence2}", value_text=stsb_value_text),
+             "natural": Format("Sentence 1: {sentence1}\nSentence 2: {sentence2}\nHow similar are the two sentences "
+                               "in meaning, from 0 (unrelated) to 5 (the same)?\nScore:")},
     split="small", raw_sizes={"train": 5749, "validation": 1500}), aliases=("sts-b",))
 
 MRPC = register_task(Task(
