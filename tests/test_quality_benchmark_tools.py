@@ -213,6 +213,10 @@ def test_v2_report_pairs_methods_with_intervals_teachers_and_curves(tmp_path, ti
     teachers = {t["task"]: t for t in res["teachers"]}
     assert teachers["rte"]["trivial_is"] == "majority class" and 50 <= teachers["rte"]["trivial"] <= 100
     assert teachers["squad"]["trivial_is"] == "empty answer" and teachers["squad"]["trivial"] == 0
+    for t in teachers.values():  # dev − trivial with its interval; beating it means the interval is above 0
+        g = t["beyond_trivial"]
+        assert g["diff"] == pytest.approx(t["dev"] - t["trivial"]) and g["ci95_low"] <= g["diff"] <= g["ci95_high"]
+        assert t["beats_trivial"] == (g["ci95_low"] > 0)
     full = res["settings"]["full"]
     assert [(c["a"], c["b"]) for c in full["claims"]] == [("mpt", "pt"), ("mpt", "spot")]
     for c in full["claims"]:
@@ -628,3 +632,26 @@ def test_v2_verdict_reads_each_cell_from_its_claim_and_names_a_bad_entry(tmp_pat
                             ({"setting": "k=4"}, r"setting 'k=4' is not in s1/multi.json \(it has k=32\)")]:
         with pytest.raises(verdict.VerdictError, match=message):
             verdict.render({"columns": spec["columns"], "cells": [dict(entry, **change)]})
+
+
+def test_v2_teacher_beats_the_trivial_baseline_only_beyond_the_noise():
+    """report.beyond_trivial: dev − trivial with a bootstrap interval over the dev examples, for a mean
+    metric (accuracy: the examples' own scores) and a rescored one (STS-B's Pearson / Spearman)."""
+    from mptune.tasks import get_task
+
+    report = _load("v2/report")
+    sst2 = get_task("sst2")
+    rows = [{"sentence": f"s{i}", "label": int(i % 3 == 0)} for i in range(60)]  # majority: 0 (40 of 60)
+    ex = [sst2.to_example(r) for r in rows]
+    perfect = report.beyond_trivial(sst2, ex, [e.label for e in ex], 200)
+    assert perfect["diff"] == pytest.approx(100 - 200 / 3) and perfect["ci95_low"] > 0
+    alike = report.beyond_trivial(sst2, ex, [0] * 60, 200)  # the majority answer itself
+    assert alike == {"diff": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "excludes_zero": False}
+    stsb = get_task("stsb")
+    gold = [i % 6 * 1.0 for i in range(60)]
+    ex = [stsb.to_example({"sentence1": "a", "sentence2": f"b{i}", "label": g}) for i, g in enumerate(gold)]
+    assert report.trivial(stsb, ex) == (0.0, "constant")
+    good = report.beyond_trivial(stsb, ex, [str(g + 0.1 * (i % 2)) for i, g in enumerate(gold)], 200)
+    assert good["diff"] > 95 and good["ci95_low"] > 90
+    noise = report.beyond_trivial(stsb, ex, [str(float(i * 7 % 5)) for i in range(60)], 200)
+    assert noise["ci95_low"] < 0 < noise["ci95_high"]

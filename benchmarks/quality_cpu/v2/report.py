@@ -11,8 +11,9 @@ from the examples' own scores: the same number, seconds instead of minutes
 (`mptune.stats.paired_bootstrap`, via quickstart.compare); the
 average leaves out the control target(s) (a report of controls alone averages them and marks each claim
 "on the control only": nothing to transfer there, so it shows the noise, not the claim). Teachers are
-reported against the majority class of their dev set (QA: the empty answer); a teacher that does not beat
-it should be left out of `sources`.
+reported against the majority class of their dev set (QA: the empty answer; regression: a constant, 0),
+with the difference's bootstrap 95 % interval over the dev examples; a teacher whose interval does not lie
+above 0 does not beat it and should be left out of `sources`.
 """
 
 from __future__ import annotations
@@ -106,31 +107,60 @@ def against(runs: dict, there: dict, where: dict, targets: list[str], main: list
     return out
 
 
-def trivial(task, examples) -> tuple[float, str]:
-    """The score of answering every example alike: the majority class of these examples (classification),
-    the empty answer (generation), a constant (regression: no correlation, 0)."""
+def trivial_predictions(task, examples) -> tuple[list | None, str]:
+    """Answering every example alike: the majority class of these examples (classification), the empty
+    answer (generation); None for regression (a constant: no correlation, scored 0)."""
     if task.kind.value == "classification":
-        label = collections.Counter(e.label for e in examples).most_common(1)[0][0]
-        return task.score(examples, [label] * len(examples))["score"], "majority class"
+        return [collections.Counter(e.label for e in examples).most_common(1)[0][0]] * len(examples), "majority class"
     if task.kind.value == "generation":
-        return task.score(examples, [""] * len(examples))["score"], "empty answer"
-    return 0.0, "constant"
+        return [""] * len(examples), "empty answer"
+    return None, "constant"
 
 
-def teachers(run_dir: Path) -> list[dict]:
+def trivial(task, examples) -> tuple[float, str]:
+    """The score of answering every example alike (trivial_predictions) and what that answer is."""
+    preds, what = trivial_predictions(task, examples)
+    return (0.0 if preds is None else task.score(examples, preds)["score"]), what
+
+
+def beyond_trivial(task, examples, preds, resamples: int) -> dict:
+    """The dev score minus the trivial baseline's on the same examples, with a bootstrap 95 % interval over
+    the examples (each resample rescored: Pearson and Matthews correlation are not means over examples)."""
+    import numpy as np
+
+    from mptune.stats import paired_bootstrap
+    from mptune.tasks.metrics import example_scores
+
+    base, _ = trivial_predictions(task, examples)
+    own = example_scores(task, examples, preds)
+    alike = example_scores(task, examples, base) if base is not None else None
+    if own is not None and (base is None or alike is not None):  # means over examples: no rescoring
+        own_, alike_ = np.asarray(own), np.asarray(alike if alike is not None else [0.0] * len(own))
+        diff = lambda _t, _s, idx: float(own_[idx].mean() - alike_[idx].mean())  # noqa: E731
+    else:
+        def score(p, idx):
+            return 0.0 if p is None else task.score([examples[i] for i in idx], [p[i] for i in idx])["score"]
+        diff = lambda _t, _s, idx: score(preds, idx) - score(base, idx)  # noqa: E731
+    average, _ = paired_bootstrap({task.name: len(examples)}, 1, diff, resamples)
+    return average.as_dict()
+
+
+def teachers(run_dir: Path, resamples: int = 1000) -> list[dict]:
     """Each finished teacher of the run folder (also those left out of `sources` afterwards): its dev
-    score against its dev set's trivial baseline."""
+    score against its dev set's trivial baseline, and the difference's bootstrap interval; a teacher beats
+    the baseline where that interval lies above 0."""
     from mptune.recipes import common
 
     out = []
     for folder in sorted((run_dir / "teachers").glob("*/")):
         metrics = common.read_metrics(folder)
         for t, entry in metrics.get("tasks", {}).items():
-            task, examples, _ = common.predictions(folder, t, "dev")
+            task, examples, preds = common.predictions(folder, t, "dev")
             score, what = trivial(task, examples)
-            dev = entry["dev"]["score"]
-            out.append({"task": t, "dev": dev, "trivial": score, "trivial_is": what, "n_dev": len(examples),
-                        "test": entry["test"]["score"], "beats_trivial": dev > score})
+            gap = beyond_trivial(task, examples, preds, resamples)
+            out.append({"task": t, "dev": entry["dev"]["score"], "trivial": score, "trivial_is": what,
+                        "n_dev": len(examples), "test": entry["test"]["score"], "beyond_trivial": gap,
+                        "beats_trivial": gap["ci95_low"] > 0})
     return out
 
 
@@ -300,9 +330,11 @@ def markdown(res: dict) -> str:
         lines += [environment_line(res["environments"]), ""]
     if res["teachers"]:
         lines += ["## Teachers (dev score vs the trivial baseline on the same dev examples)", "",
-                  "| source | dev | trivial | baseline | n_dev | test | beats it |", "|---|---|---|---|---|---|---|"]
+                  "| source | dev | trivial | baseline | n_dev | dev − trivial [95 % interval] | test | beats it |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {t['task']} | {t['dev']:.1f} | {t['trivial']:.1f} | {t['trivial_is']} | {t['n_dev']} | "
-                  f"{t['test']:.1f} | {'yes' if t['beats_trivial'] else '**no**'} |" for t in res["teachers"]]
+                  f"{g['diff']:+.1f} [{g['ci95_low']:+.1f}, {g['ci95_high']:+.1f}] | {t['test']:.1f} | "
+                  f"{'yes' if t['beats_trivial'] else '**no**'} |" for t in res["teachers"] for g in [t["beyond_trivial"]]]
         lines.append("")
     for s, r in res["settings"].items():
         lines += [f"## {setting_title(s, r.get('per_class', True))}", ""]
@@ -387,7 +419,7 @@ def main(argv=None) -> int:
     controls = [c for c in args.controls.split(",") if c in targets]
     main_targets = [t for t in targets if t not in controls]
     res = {"command": "python " + " ".join([str(Path(__file__).relative_to(REPO)), *(argv or sys.argv[1:])]),
-           "run": cfg.output_dir, "method_from": {m: [o, *s] for m, o, *s in args.method_from}, "targets": targets, "controls": controls, "teachers": teachers(Path(cfg.output_dir)),
+           "run": cfg.output_dir, "method_from": {m: [o, *s] for m, o, *s in args.method_from}, "targets": targets, "controls": controls, "teachers": teachers(Path(cfg.output_dir), args.resamples),
            "n_test": {}, "settings": {}}
     there = {}  # setting -> method -> its runs in the folder --against names
     for method, out, *sets in args.method_against:
