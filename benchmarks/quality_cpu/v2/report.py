@@ -125,7 +125,8 @@ def trivial(task, examples) -> tuple[float, str]:
 
 def beyond_trivial(task, examples, preds, resamples: int) -> dict:
     """The dev score minus the trivial baseline's on the same examples, with a bootstrap 95 % interval over
-    the examples (each resample rescored: Pearson and Matthews correlation are not means over examples)."""
+    the examples: the examples' own scores where the metric is a mean over them (accuracy, SQuAD F1), else
+    each resample rescored (Pearson, Matthews correlation)."""
     import numpy as np
 
     from mptune.stats import paired_bootstrap
@@ -334,7 +335,8 @@ def markdown(res: dict) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {t['task']} | {t['dev']:.1f} | {t['trivial']:.1f} | {t['trivial_is']} | {t['n_dev']} | "
                   f"{g['diff']:+.1f} [{g['ci95_low']:+.1f}, {g['ci95_high']:+.1f}] | {t['test']:.1f} | "
-                  f"{'yes' if t['beats_trivial'] else '**no**'} |" for t in res["teachers"] for g in [t["beyond_trivial"]]]
+                  f"{'yes' if t['beats_trivial'] else '**no**'} |"
+                  for t in res["teachers"] for g in [t["beyond_trivial"]]]
         lines.append("")
     for s, r in res["settings"].items():
         lines += [f"## {setting_title(s, r.get('per_class', True))}", ""]
@@ -419,7 +421,8 @@ def main(argv=None) -> int:
     controls = [c for c in args.controls.split(",") if c in targets]
     main_targets = [t for t in targets if t not in controls]
     res = {"command": "python " + " ".join([str(Path(__file__).relative_to(REPO)), *(argv or sys.argv[1:])]),
-           "run": cfg.output_dir, "method_from": {m: [o, *s] for m, o, *s in args.method_from}, "targets": targets, "controls": controls, "teachers": teachers(Path(cfg.output_dir), args.resamples),
+           "run": cfg.output_dir, "method_from": {m: [o, *s] for m, o, *s in args.method_from}, "targets": targets,
+           "controls": controls, "teachers": teachers(Path(cfg.output_dir), args.resamples),
            "n_test": {}, "settings": {}}
     there = {}  # setting -> method -> its runs in the folder --against names
     for method, out, *sets in args.method_against:
