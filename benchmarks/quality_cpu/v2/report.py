@@ -125,15 +125,23 @@ def trivial(task, examples) -> tuple[float, str]:
 
 def beyond_trivial(task, examples, preds, resamples: int) -> dict:
     """The dev score minus the trivial baseline's on the same examples, with a bootstrap 95 % interval over
-    the examples, each resample rescored from the text-free records (metrics.example_record / record_score:
-    a mean of the examples' own scores, or Pearson and Matthews correlation recomputed)."""
+    the examples: the examples' own scores where the metric is a mean over them (accuracy, SQuAD F1), else
+    each resample rescored (Pearson, Matthews correlation)."""
+    import numpy as np
+
     from mptune.stats import paired_bootstrap
-    from mptune.tasks.metrics import example_record, record_score
+    from mptune.tasks.metrics import example_scores
 
     base, _ = trivial_predictions(task, examples)
-    own = example_record(task, examples, preds)
-    alike = example_record(task, examples, base) if base is not None else None
-    diff = lambda _t, _s, idx: record_score(own, idx) - (record_score(alike, idx) if alike else 0.0)  # noqa: E731
+    own = example_scores(task, examples, preds)
+    alike = example_scores(task, examples, base) if base is not None else None
+    if own is not None and (base is None or alike is not None):  # means over examples: no rescoring
+        own_, alike_ = np.asarray(own), np.asarray(alike if alike is not None else [0.0] * len(own))
+        diff = lambda _t, _s, idx: float(own_[idx].mean() - alike_[idx].mean())  # noqa: E731
+    else:
+        def score(p, idx):
+            return 0.0 if p is None else task.score([examples[i] for i in idx], [p[i] for i in idx])["score"]
+        diff = lambda _t, _s, idx: score(preds, idx) - score(base, idx)  # noqa: E731
     average, _ = paired_bootstrap({task.name: len(examples)}, 1, diff, resamples)
     return average.as_dict()
 
